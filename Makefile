@@ -1,6 +1,13 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv,
-# install the CPU build of torch first (the wheel on disk), then the project.
+# install torch and torchvision first, as a matching pair (the wheels on disk;
+# PyPI's torchvision does not import beside the CPU-only torch 2.13.0 wheel),
+# then the project with its extras (datasets, models, anchors, Ray).
 VENV ?= .venv
+ifeq ($(shell uname -m),aarch64)
+TORCH ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
@@ -8,8 +15,8 @@ PIP := $(PY) -m pip
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,ray]'
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev,ray,vision,hf]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,7 +10,7 @@ kwargs>}``; a penalty's weight is the key ``weight``::
     penalties: [{name: l2, weight: 1.0e-4}]
     optimizer: {name: adam, lr: 1.0e-3}
     augment: [{name: gaussian_noise, std: 0.05}]
-    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0}
+    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0, device: auto, precision: "32"}
     probes: [{name: weight_norm, every: 100}]
 
 Unknown keys and unknown method names raise :class:`~reglab.core.ConfigError`
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reglab import augment, diagnostics, losses, optim, penalties, tasks
 from reglab.core import ConfigError, Registry
@@ -55,6 +55,21 @@ class TrainSpec(BaseModel):
     eval_every: int = Field(100, ge=1)
     log_every: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    #: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; checked against the machine at build
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    #: ``"32"``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler; not on a CPU)
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    #: DataLoader worker processes for streamed tasks (0: read in the training process)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, value: Any) -> Any:
+        return str(value) if value == 32 and not isinstance(value, bool) else value  # YAML reads `precision: 32` as int
+
+
+#: ``train`` keys added after stores existed; left out of the config hash at their defaults so old hashes hold.
+_NEW_TRAIN_DEFAULTS = {"device": "auto", "precision": "32", "num_workers": 0}
 
 
 class RunConfig(BaseModel):
@@ -129,6 +144,9 @@ def _canonical(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json", exclude={"name"})
     if data.get("schedule") is None:  # configs written before schedules existed keep their hashes
         data.pop("schedule", None)
+    for key, default in _NEW_TRAIN_DEFAULTS.items():  # so do configs written before devices existed
+        if data["train"].get(key) == default:
+            data["train"].pop(key)
 
     def fill(registry: Registry, spec: dict[str, Any]) -> dict[str, Any]:
         filled = {**registry.defaults(spec["name"]), **spec}

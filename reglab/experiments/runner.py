@@ -16,6 +16,8 @@ from reglab.core import Callback, ConfigError, Penalty, ReglabError, seed_everyt
 from reglab.experiments.config import RunConfig, Spec
 from reglab.experiments.store import Store
 from reglab.train import Row, Trainer
+from reglab.train.device import Precision, resolve_device
+from reglab.train.step import supports_grad_scaler
 
 
 @dataclass
@@ -63,8 +65,14 @@ def build(cfg: RunConfig) -> Built:
     the model's initialization, the batch order, dropout and augmentation.
     A loss, penalty or augmentation whose constructor takes ``num_examples`` or
     ``num_classes`` (per-example state such as ELR's targets) gets them from
-    the task unless the config sets them.
+    the task unless the config sets them. An optimizer factory that takes
+    ``model`` (the SAM family) gets the built model, so BatchNorm statistics
+    are updated once per step. ``train.device`` and ``train.precision`` are
+    checked against this machine first, so a missing GPU fails before any
+    data is built.
     """
+    device = resolve_device(cfg.train.device, field="train.device")
+    Precision(cfg.train.precision, device, field="train.precision")
     seed_everything(cfg.train.seed)
     task = _make("task", tasks.get, cfg.task.name, **cfg.task.kwargs)
     for i, spec in enumerate(cfg.transforms):
@@ -81,7 +89,15 @@ def build(cfg: RunConfig) -> Built:
         kwargs = _with_task_arguments(penalties.REGISTRY, p.name, p.kwargs, task)
         terms.append(_make(f"penalties[{i}]", penalties.get, p.name, **kwargs))
     penalty = sum(terms[1:], terms[0]) if terms else None
-    optimizer = _make("optimizer", optim.get, cfg.optimizer.name, model.parameters(), **cfg.optimizer.kwargs)
+    opt_kwargs = dict(cfg.optimizer.kwargs)
+    if "model" in (optim.REGISTRY.parameters(cfg.optimizer.name) or []):
+        opt_kwargs.setdefault("model", model)  # the SAM family protects BatchNorm statistics from perturbed passes
+    optimizer = _make("optimizer", optim.get, cfg.optimizer.name, model.parameters(), **opt_kwargs)
+    if cfg.train.precision == "fp16" and not supports_grad_scaler(optimizer):
+        raise ConfigError(
+            f"train.precision: fp16 needs a gradient scaler, which {cfg.optimizer.name!r} does not support (it "
+            "re-evaluates the loss inside step); use bf16 or 32"
+        )
     augs = [
         _make(f"augment[{i}]", augment.get, a.name, **_with_task_arguments(augment.REGISTRY, a.name, a.kwargs, task))
         for i, a in enumerate(cfg.augment)
@@ -128,6 +144,9 @@ def make_trainer(
         scheduler=built.scheduler,
         seed=cfg.train.seed,
         sink=sink,
+        device=cfg.train.device,
+        precision=cfg.train.precision,
+        num_workers=cfg.train.num_workers,
     )
 
 

@@ -189,6 +189,45 @@ def _orthogonal_part(v: Sequence[Tensor], u: Sequence[Tensor]) -> list[Tensor]:
     return [a - b * coef for a, b in zip(v, u)]
 
 
+# --------------------------------------------------------------------------- fp16 gradient scaling
+
+
+class _GradientSet:
+    """What ``GradScaler.unscale_`` reads from an optimizer: ``param_groups``. One per closure evaluation, so the
+    scaler unscales (and checks for inf/NaN) the gradients of every pass, and ``update`` sees every pass's check."""
+
+    def __init__(self, params: list[Tensor]):
+        self.param_groups = [{"params": params}]
+
+
+class _Unscaler:
+    """Unscales the gradients of each closure evaluation with a ``torch.amp.GradScaler``.
+
+    ``__call__(params)`` divides the gradients by the scale in place (one fused kernel per device and dtype, the
+    scaler's own) and returns whether they were all finite. ``update()`` updates the scaler once, growing or
+    backing off its scale from every check made since the last update.
+    """
+
+    def __init__(self, scaler: Any):
+        self.scaler = scaler
+        self._sets: list[_GradientSet] = []  # kept alive: the scaler keys its per-call records by id()
+
+    def _found_inf(self, grads: _GradientSet) -> dict[Any, Tensor]:
+        # the scaler's record of its inf/NaN check of one unscale_ call (a 1-element tensor per device)
+        return self.scaler._per_optimizer_states[id(grads)]["found_inf_per_device"]
+
+    def __call__(self, params: list[Tensor]) -> bool:
+        grads = _GradientSet(params)
+        self._sets.append(grads)
+        self.scaler.unscale_(grads)
+        return not any(bool(v.item()) for v in self._found_inf(grads).values())
+
+    def update(self) -> None:
+        if any(self._found_inf(s) for s in self._sets):  # update() needs at least one recorded check
+            self.scaler.update()
+        self._sets.clear()
+
+
 # --------------------------------------------------------------------------- BatchNorm buffers
 
 
@@ -226,8 +265,11 @@ class Perturbation:
         evaluations: closure calls so far in this step (the first one included).
     """
 
-    def __init__(self, closure: Closure, params: list[Tensor], grad: list[Tensor]):
+    def __init__(
+        self, closure: Closure, params: list[Tensor], grad: list[Tensor], unscale: _Unscaler | None = None
+    ):
         self.closure = closure
+        self.unscale = unscale
         self.params = params
         self.origin = [p.detach().clone() for p in params]
         self.grad = grad
@@ -253,12 +295,16 @@ class Perturbation:
         ``closure`` defaults to the step's closure. A parameter that gets no
         gradient at that point counts as a zero gradient. The gradient itself is
         not checked here (a full pass over it); a non-finite gradient reaches
-        the direction, which the engine checks before the base step.
+        the direction, which the engine checks before the base step. Under a
+        gradient scaler the gradients are unscaled here, and an inf/NaN among
+        them (which the scaler finds anyway) also gives None.
         """
         self.move(offsets)
         with torch.enable_grad():
             loss = (closure or self.closure)()
         self.evaluations += 1
+        if self.unscale is not None and not self.unscale([p for p in self.params if p.grad is not None]):
+            return None
         if not _finite_loss(loss):
             return None
         return [_take_grad(p) for p in self.params]
@@ -296,6 +342,7 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
     """
 
     requires_closure = True
+    supports_grad_scaler = True
 
     def __init__(self, base: Optimizer, hyperparameters: dict[str, Any], *, model: nn.Module | None = None):
         super().__init__(base)
@@ -340,8 +387,17 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
 
     # ---- the step
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Closure | None = None, *, grad_scaler: Any = None) -> Any:  # type: ignore[override]
         """Evaluate ``closure`` at the weights and at the method's perturbed points, then step the base optimizer.
+
+        Args:
+            closure: zeroes the gradients, computes the loss, calls ``backward()`` (on the scaled loss,
+                ``grad_scaler.scale(loss).backward()``, under fp16) and returns the (unscaled) loss.
+            grad_scaler: a ``torch.amp.GradScaler`` for fp16 training, or None. The gradients of every closure
+                evaluation are unscaled before they are used (so the ascent direction and its norm are those of the
+                true gradient); if any evaluation has an inf/NaN gradient the step is skipped (weights, BatchNorm
+                statistics and the base optimizer untouched) and the scale backs off; the scaler is updated once
+                per call, as ``scaler.step`` + ``scaler.update`` would do for a plain optimizer.
 
         Returns:
             What the first closure call returned (the loss at the unperturbed weights).
@@ -354,15 +410,25 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
                 f"{type(self).__name__}.step needs a closure that zeroes the gradients, computes the loss, calls "
                 "backward() and returns the loss (reglab.train.train_step builds one)"
             )
+        unscale = _Unscaler(grad_scaler) if grad_scaler is not None and grad_scaler.is_enabled() else None
+        try:
+            return self._step(closure, unscale)
+        finally:
+            if unscale is not None:
+                unscale.update()
+
+    def _step(self, closure: Closure, unscale: _Unscaler | None) -> Any:
         self.last_step_skipped = True
         with torch.enable_grad():
             loss = closure()
         self.last_evaluations = 1
         every = self._flat_params()
         params = [p for p in every if p.grad is not None]
+        if unscale is not None and params and not unscale(params):
+            return loss
         if not params or not _finite_loss(loss):
             return loss
-        point = Perturbation(closure, params, [_take_grad(p) for p in params])
+        point = Perturbation(closure, params, [_take_grad(p) for p in params], unscale)
         buffers = _bn_snapshot(self.model)
         try:
             direction = self._direction(point)

@@ -20,6 +20,7 @@ from reglab.tasks.base import MODELS, REGISTRY, TRANSFORMS, IndexedDataset, Task
 from reglab.tasks.generated import modular_arithmetic, sparse_regression, teacher_student, two_moons
 from reglab.tasks.models import MLP, CNN1d, CNN2d, DiagonalLinear, EmbeddingMLP, ReferenceModel, Transformer
 from reglab.tasks.packaged import digits, mnist1d
+from reglab.tasks.streaming import StreamedDataset, from_datasets
 from reglab.tasks.transforms import long_tail, subset, with_label_noise
 
 
@@ -45,7 +46,9 @@ __all__ = [
     "IndexedDataset",
     "ReferenceModel",
     "Task",
+    "StreamedDataset",
     "Transformer",
+    "from_datasets",
     "as_tensors",
     "digits",
     "get",

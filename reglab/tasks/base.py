@@ -81,8 +81,32 @@ class IndexedDataset(Dataset):
             i += len(self)
         return self.x[i], self.y[i], i
 
+    def all_targets(self) -> Tensor:
+        """Every target, ``y`` (no copy)."""
+        return self.y
+
+    def subset(self, keep: Tensor) -> IndexedDataset:
+        """The examples ``keep``, re-indexed from 0."""
+        return IndexedDataset(self.x[keep], self.y[keep])
+
+    def relabel(self, targets: Tensor) -> IndexedDataset:
+        """The same inputs (shared, not copied) with new targets."""
+        return IndexedDataset(self.x, targets)
+
+    def for_eval(self) -> IndexedDataset:
+        """What evaluation reads: the dataset itself (in-memory datasets carry no augmentation)."""
+        return self
+
     def __repr__(self) -> str:
         return f"IndexedDataset(n={len(self)}, x={tuple(self.x.shape[1:])} {self.x.dtype}, y={self.y.dtype})"
+
+
+def indexed(dataset: Dataset) -> Any:
+    """``dataset`` if it has the task-transform methods (``all_targets``, ``subset``, ``relabel``), else its items
+    read into an :class:`IndexedDataset` (meant for small datasets)."""
+    if all(callable(getattr(dataset, m, None)) for m in ("all_targets", "subset", "relabel")):
+        return dataset
+    return IndexedDataset(*as_tensors(dataset)[:2])
 
 
 def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from reglab.core.errors import ConfigError
 from reglab.core.validation import check_choice, check_float, check_int
-from reglab.tasks.base import TRANSFORMS, IndexedDataset, Task, as_tensors, check_seed
+from reglab.tasks.base import TRANSFORMS, Task, check_seed, indexed
 
 NOISE_KINDS = ("symmetric", "pairflip")
 
@@ -50,12 +50,11 @@ def _require_classification(task: Task, transform: str) -> int:
 
 def _select(task: Task, keep: Tensor, entry: dict[str, Any], **updates: Any) -> Task:
     """The task restricted to the training examples ``keep`` (re-indexed from 0)."""
-    x, y, _ = as_tensors(task.train)
     info = _record(task, entry, **updates)
     if "class_counts" not in updates:
         info.pop("class_counts", None)  # stale after a change of the training set
     return task.replace(
-        train=IndexedDataset(x[keep], y[keep]),
+        train=indexed(task.train).subset(keep),
         flipped=None if task.flipped is None else task.flipped[keep],
         clean_targets=None if task.clean_targets is None else task.clean_targets[keep],
         info=info,
@@ -95,7 +94,8 @@ def with_label_noise(task: Task, rate: float, kind: str = "symmetric", seed: int
     rate = check_float("rate", rate, 0.0, 1.0, high_open=True)
     check_choice("kind", kind, NOISE_KINDS)
     check_seed(seed)
-    x, y, _ = as_tensors(task.train)
+    train = indexed(task.train)
+    y = train.all_targets()
     n = y.shape[0]
     n_flip = round(rate * n)
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +109,7 @@ def with_label_noise(task: Task, rate: float, kind: str = "symmetric", seed: int
     clean = (task.clean_targets if task.clean_targets is not None else y).clone()
     entry = {"name": "label_noise", "rate": rate, "kind": kind, "seed": seed, "n_flipped": n_flip}
     return task.replace(
-        train=IndexedDataset(x, noisy),
+        train=train.relabel(noisy),
         flipped=noisy != clean,
         clean_targets=clean,
         info=_record(task, entry),
@@ -171,7 +171,7 @@ def long_tail(task: Task, imbalance: float, seed: int = 0) -> Task:
     num_classes = _require_classification(task, "long_tail")
     imbalance = check_float("imbalance", imbalance, 1.0)
     check_seed(seed)
-    _, y, _ = as_tensors(task.train)
+    y = indexed(task.train).all_targets()
     labels = task.clean_targets if task.clean_targets is not None else y
     available = torch.bincount(labels, minlength=num_classes)
     n_max = int(available.min())

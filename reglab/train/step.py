@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from reglab.core import ConfigError, MissingContextError, Penalty, StepContext
 from reglab.optim import requires_closure
+from reglab.train.device import Precision
 
 
 def unpack_batch(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -42,9 +44,22 @@ def _check_can_provide(model: nn.Module, penalty: Penalty | None, loss_fn: objec
 
 def grad_norm(parameters: Sequence[Tensor]) -> float:
     """Euclidean norm of all gradients (parameters without a gradient are skipped)."""
+    norm = _grad_norm_tensor(parameters)
+    return 0.0 if norm is None else norm.item()
+
+
+def _grad_norm_tensor(parameters: Sequence[Tensor]) -> Tensor | None:
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
-    # the per-tensor norms in one fused call, as torch.nn.utils.clip_grad_norm_ does
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
+    if not grads:
+        return None
+    # the per-tensor norms in one fused call per device and dtype, as torch.nn.utils.clip_grad_norm_ does
+    return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
+
+
+def supports_grad_scaler(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can be driven under a ``GradScaler``: a plain optimizer (``scaler.step``), or a
+    closure-based one that declares ``supports_grad_scaler`` (it unscales every evaluation itself)."""
+    return not requires_closure(optimizer) or bool(getattr(optimizer, "supports_grad_scaler", False))
 
 
 def train_step(
@@ -56,6 +71,8 @@ def train_step(
     augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     *,
     step: int = 0,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Take one optimizer step on ``batch`` and return what happened.
 
@@ -72,6 +89,17 @@ def train_step(
     optimizer is not stepped when the objective is not finite, so the weights
     stay as they were; the trainer then records the run as diverged.
 
+    Mixed precision: with ``precision`` (bf16 or fp16) every forward pass
+    (model, loss and penalty) runs under its ``torch.autocast``; backward runs
+    outside it, as torch recommends. With an enabled ``scaler`` (fp16) the
+    objective is scaled before ``backward``; a plain optimizer is stepped
+    through ``scaler.step`` (which unscales the gradients and skips the step if
+    any is inf/NaN) followed by one ``scaler.update()``; a closure-based
+    optimizer gets ``step(closure, grad_scaler=scaler)`` and must declare
+    ``supports_grad_scaler`` (the SAM family does: it unscales the gradients
+    of every evaluation, skips the step if any pass has an inf/NaN gradient
+    and updates the scaler once). ``grad_norm`` is always the unscaled norm.
+
     Args:
         model: the model, in train mode.
         batch: ``(x, y)`` or ``(x, y, indices)``.
@@ -87,6 +115,7 @@ def train_step(
 
     Raises:
         MissingContextError: the penalty or loss needs a field that cannot be provided.
+        ConfigError: an enabled scaler with a closure-based optimizer that does not support one.
     """
     if isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and penalty == 0:
         penalty = None  # sum([]) of no penalties
@@ -99,44 +128,66 @@ def train_step(
     needs = set(getattr(penalty, "needs", ()))
     loss_takes_indices = "indices" in getattr(loss_fn, "needs", ())
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = scaler if scaler is not None and scaler.is_enabled() else None
+    if scaler is not None and not supports_grad_scaler(optimizer):
+        raise ConfigError(
+            f"precision fp16 needs a gradient scaler, and {type(optimizer).__name__} re-evaluates the loss inside "
+            "step without supporting one; use precision bf16 (no scaler) or 32"
+        )
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
     record: dict[str, float] = {}
 
     def closure() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        if "features" in needs:
-            features = model.features(inputs)
-            outputs = model.head(features)
-        else:
-            features, outputs = None, model(inputs)
-        loss = loss_fn(outputs, targets, indices=indices) if loss_takes_indices else loss_fn(outputs, targets)
-        objective = loss
-        terms: dict[str, Tensor] = {}
-        if penalty is not None:
-            ctx = StepContext(
-                model=model,
-                inputs=inputs,
-                targets=targets,
-                outputs=outputs if "outputs" in needs else None,
-                features=features,
-                indices=indices if "indices" in needs else None,
-                loss_fn=loss_fn if "loss_fn" in needs else None,
-                step=step,
-            )
-            terms = penalty.breakdown(ctx)
-            for value in terms.values():
-                objective = objective + value
-        objective.backward()
+        with autocast():
+            if "features" in needs:
+                features = model.features(inputs)
+                outputs = model.head(features)
+            else:
+                features, outputs = None, model(inputs)
+            loss = loss_fn(outputs, targets, indices=indices) if loss_takes_indices else loss_fn(outputs, targets)
+            objective = loss
+            terms: dict[str, Tensor] = {}
+            if penalty is not None:
+                ctx = StepContext(
+                    model=model,
+                    inputs=inputs,
+                    targets=targets,
+                    outputs=outputs if "outputs" in needs else None,
+                    features=features,
+                    indices=indices if "indices" in needs else None,
+                    loss_fn=loss_fn if "loss_fn" in needs else None,
+                    step=step,
+                )
+                terms = penalty.breakdown(ctx)
+                for value in terms.values():
+                    objective = objective + value
+        (scaler.scale(objective) if scaler is not None else objective).backward()
         if not record:
-            record["loss"] = loss.item()
-            record["objective"] = objective.item()
-            record.update({f"penalty/{k}": v.item() for k, v in terms.items()})
-            record["grad_norm"] = grad_norm(params)
+            norm = _grad_norm_tensor(params)
+            if norm is not None and scaler is not None:
+                norm = norm / scaler.get_scale()
+            # one host transfer for every number of the record
+            values = [loss.detach(), objective.detach(), *(v.detach() for v in terms.values())]
+            if norm is not None:
+                values.append(norm)
+            numbers = torch.stack([v.to(device=values[0].device, dtype=torch.float64) for v in values]).tolist()
+            record["loss"], record["objective"] = numbers[0], numbers[1]
+            record.update({f"penalty/{k}": numbers[2 + i] for i, k in enumerate(terms)})
+            record["grad_norm"] = numbers[-1] if norm is not None else 0.0
         return objective
 
     if requires_closure(optimizer):
-        optimizer.step(closure)
+        if scaler is not None:
+            optimizer.step(closure, grad_scaler=scaler)
+        else:
+            optimizer.step(closure)
     else:
         closure()
         if math.isfinite(record["objective"]):
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
     return record

@@ -11,11 +11,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from reglab.core import Callback, ConfigError, Penalty, ShapeError
 from reglab.core.validation import check_int
 from reglab.losses import MSE
-from reglab.tasks import Task, as_tensors
+from reglab.tasks import IndexedDataset, Task, as_tensors
+from reglab.train.device import Precision, move_batch, resolve_device
 from reglab.train.step import train_step
 
 #: The regression evaluation loss: per-example 0.5 * ||f(x) - y||^2.
@@ -56,16 +58,30 @@ def _is_finite(record: dict[str, float], keys: tuple[str, ...] = ()) -> bool:
     return all(math.isfinite(v) for k, v in record.items() if not keys or k.endswith(keys))
 
 
-def _as_dtype(data: tuple[Tensor, Tensor, Tensor], dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Cast floating inputs and targets to the model's dtype (a float64 model on a float32 task)."""
-    if dtype is None:
-        return data
-    x, y, idx = data
-    return (x.to(dtype) if x.is_floating_point() else x, y.to(dtype) if y.is_floating_point() else y, idx)
+def _eval_view(dataset: Dataset) -> Dataset:
+    """What evaluation and probes read: the dataset without training augmentation when it has such a view."""
+    view = getattr(dataset, "for_eval", None)
+    return view() if callable(view) else dataset
+
+
+def _to_device(obj: Any, device: torch.device) -> None:
+    """Move a module's parameters and buffers (stateful losses, penalties, augmentations) to ``device``."""
+    if isinstance(obj, nn.Module):
+        obj.to(device)
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer) -> None:
+    """Move optimizer state that exists already (built eagerly, or loaded) next to its parameters.
+
+    ``load_state_dict`` casts every state tensor to its parameter's device (and floating ones to its dtype), so a
+    round trip does it for any ``torch.optim`` optimizer and for wrappers that delegate their state to a base.
+    """
+    if optimizer.state:
+        optimizer.load_state_dict(optimizer.state_dict())
 
 
 class Trainer:
-    """Train a model on a task and evaluate it as it goes.
+    """Train a model on a task and evaluate it as it goes, on any device and in any precision.
 
     Evaluation (at step 0, every ``eval_every`` steps and at the end) reports
     the same metrics for every run, whatever the training loss, so runs compare:
@@ -82,10 +98,24 @@ class Trainer:
     A step whose loss or objective is not finite ends the run with status
     ``diverged`` at that step; it does not raise.
 
-    The training set is held in memory as tensors (reglab's tasks are small);
-    batches are drawn without replacement, reshuffled every epoch, from a
-    generator seeded by ``seed``. ``fit`` also seeds torch's global generator
-    with ``seed`` for dropout masks and augmentation noise.
+    Data. A task of in-memory tensors (:class:`~reglab.tasks.IndexedDataset`,
+    every generated and packaged task) is held on the device and batched by
+    indexing: batches are drawn without replacement, reshuffled every epoch,
+    from a CPU generator seeded by ``seed``. Any other task (e.g.
+    :func:`~reglab.tasks.from_datasets`) is streamed through a ``DataLoader``
+    (``num_workers`` processes, shuffled by a generator seeded by ``seed``,
+    ``drop_last`` for training, ``pin_memory`` on CUDA), and batches reach
+    the device with ``non_blocking=True``; evaluation streams the splits in
+    order, reading a dataset's ``for_eval()`` view (no training augmentation)
+    when it has one. ``fit`` also seeds torch's global generator (every
+    device's) with ``seed`` for dropout masks and augmentation noise.
+
+    Device and precision. The model, and the loss, penalty and augmentation
+    when they are modules (their per-example state included), are moved to
+    ``device`` when the trainer is built; optimizer state that exists already
+    is moved next to its parameters. ``precision="bf16"`` or ``"fp16"`` runs
+    the forward passes (training and evaluation) under ``torch.autocast``;
+    ``"fp16"`` adds a ``torch.amp.GradScaler`` (see :func:`train_step`).
 
     Example:
         >>> task = reglab.tasks.get("digits")
@@ -109,9 +139,12 @@ class Trainer:
         scheduler: an LR scheduler stepped after every optimizer step, or None.
         seed: seed of the batch order and of torch's global generator.
         eval_batch_size: batch size of evaluation passes.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
+        precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (not on a CPU).
+        num_workers: DataLoader worker processes for a streamed task, >= 0 (0: read in this process).
 
     Raises:
-        ConfigError: an argument is out of range.
+        ConfigError: an argument is out of range, or the device is not present.
     """
 
     def __init__(
@@ -132,40 +165,85 @@ class Trainer:
         scheduler: Any = None,
         seed: int = 0,
         eval_batch_size: int = 4096,
+        device: str | torch.device = "auto",
+        precision: str = "32",
+        num_workers: int = 0,
     ):
         check_int("steps", steps, 0)
         check_int("eval_every", eval_every, 1)
         check_int("eval_batch_size", eval_batch_size, 1)
         check_int("seed", seed, 0, 2**63 - 1)
+        check_int("num_workers", num_workers, 0)
         if log_every is not None:
             check_int("log_every", log_every, 1)
         if batch_size != "full" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be an int >= 1 or 'full', got {batch_size!r}")
+        self.device = resolve_device(device)
+        self.precision = Precision(precision, self.device)
+        self.scaler = self.precision.grad_scaler()
         self.task, self.model, self.loss_fn, self.optimizer = task, model, loss, optimizer
         self.penalty, self.augment = penalty, augment
         self.steps, self.batch_size, self.eval_every = steps, batch_size, eval_every
         self.log_every = log_every or eval_every
         self.callbacks = list(callbacks)
         self.sink, self.scheduler, self.seed = sink, scheduler, seed
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.step = 0
         self.history: list[Row] = []
         self._pending: list[Row] = []
         self._stop_reason: str | None = None
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        self._train = _as_dtype(as_tensors(task.train), dtype)
-        self._test = _as_dtype(as_tensors(task.test), dtype)
+        for obj in (model, loss, penalty, augment):
+            _to_device(obj, self.device)
+        _optimizer_to(optimizer)
+        self._dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        self.streamed = not (isinstance(task.train, IndexedDataset) and isinstance(task.test, IndexedDataset))
+        self._train = self._test = None
+        if not self.streamed:
+            self._train = move_batch(as_tensors(task.train), self.device, self._dtype)
+            self._test = move_batch(as_tensors(task.test), self.device, self._dtype)
 
     # -- what callbacks use -------------------------------------------------
     @property
     def train_data(self) -> tuple[Tensor, Tensor]:
-        """The whole training set as ``(inputs, targets)`` in the model's dtype (do not modify in place)."""
-        return self._train[0], self._train[1]
+        """The whole training set as ``(inputs, targets)`` on the device, in the model's dtype.
+
+        In-memory tasks: the held tensors (do not modify them in place). Streamed tasks: every item read (without
+        training augmentation) — large; probes should ask :meth:`examples` for a subset.
+        """
+        return self.examples("train")
 
     @property
     def test_data(self) -> tuple[Tensor, Tensor]:
-        """The whole test set as ``(inputs, targets)`` in the model's dtype (do not modify in place)."""
-        return self._test[0], self._test[1]
+        """The whole test set as ``(inputs, targets)`` on the device, in the model's dtype (see :attr:`train_data`)."""
+        return self.examples("test")
+
+    def examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Up to ``n`` examples of ``split`` as ``(inputs, targets)`` on the device, in the model's dtype.
+
+        ``n`` None or >= the split's size: every example, in order; otherwise a random subset drawn with ``seed``
+        (the same subset for the same seed). A streamed task reads only those items, without training augmentation.
+        """
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        dataset = self.task.train if split == "train" else self.task.test
+        size = len(dataset)  # type: ignore[arg-type]
+        chosen = None
+        if n is not None and n < size:
+            chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+        if not self.streamed:
+            x, y, _ = self._train if split == "train" else self._test
+            if chosen is None:
+                return x, y
+            chosen = chosen.to(x.device)
+            return x[chosen], y[chosen]
+        view = _eval_view(dataset)
+        if chosen is not None:
+            view = Subset(view, chosen.tolist())
+        xs, ys = [], []
+        for x, y, _ in self._loader(view, self.eval_batch_size, shuffle=False):
+            xs.append(x)
+            ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
 
     def log(self, step: int, split: str, name: str, value: float) -> None:
         """Record one metric value; rows reach the sink after the next evaluation."""
@@ -183,11 +261,45 @@ class Trainer:
             self.sink(self._pending)
         self._pending = []
 
-    # -- evaluation ---------------------------------------------------------
-    @torch.no_grad()
-    def _predict(self, x: Tensor) -> Tensor:
-        return torch.cat([self.model(x[i : i + self.eval_batch_size]) for i in range(0, len(x), self.eval_batch_size)])
+    # -- data ---------------------------------------------------------------
+    def _loader(
+        self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Any:
+        """Batches of ``dataset`` on the device: a DataLoader over it, each batch moved with ``non_blocking``."""
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=shuffle and self.num_workers > 0,
+        )
+        return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
+    def _split_outputs(self, split: str) -> tuple[Tensor, Tensor]:
+        """The model's outputs on every example of ``split`` (float32 at least) and its targets, in order."""
+        if not self.streamed:
+            x, y, _ = self._train if split == "train" else self._test
+            batches = (
+                (x[i : i + self.eval_batch_size], y[i : i + self.eval_batch_size])
+                for i in range(0, len(x), self.eval_batch_size)
+            )
+        else:
+            dataset = _eval_view(self.task.train if split == "train" else self.task.test)
+            batches = ((x, y) for x, y, _ in self._loader(dataset, self.eval_batch_size, shuffle=False))
+        outputs, targets = [], []
+        with torch.no_grad(), self.precision.autocast():
+            for x, y in batches:
+                outputs.append(self.model(x))
+                targets.append(y)
+        out = torch.cat(outputs)
+        if self.precision.dtype is not None and out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        return out, torch.cat(targets)
+
+    # -- evaluation ---------------------------------------------------------
     def _split_metrics(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
         if self.task.num_classes is None:
             if outputs.shape != y.shape:
@@ -207,8 +319,8 @@ class Trainer:
         self.model.eval()
         try:
             metrics: dict[str, float] = {}
-            for split, (x, y, _) in (("train", self._train), ("test", self._test)):
-                outputs = self._predict(x)
+            for split in ("train", "test"):
+                outputs, y = self._split_outputs(split)
                 per_example = self._split_metrics(outputs, y)
                 metrics.update({f"{split}/{k}": v.mean().item() for k, v in per_example.items()})
                 if split == "train" and self.task.flipped is not None and "accuracy" in per_example:
@@ -218,11 +330,11 @@ class Trainer:
         return metrics
 
     def _noise_metrics(self, outputs: Tensor, correct: Tensor) -> dict[str, float]:
-        flipped = self.task.flipped
+        flipped = self.task.flipped.to(outputs.device)
         out = {"train/accuracy_clean": correct[~flipped].mean().item() if (~flipped).any() else math.nan}
         if flipped.any():
             out["train/accuracy_flipped"] = correct[flipped].mean().item()
-            true = self.task.clean_targets[flipped]
+            true = self.task.clean_targets.to(outputs.device)[flipped]
             out["train/accuracy_flipped_true"] = (outputs[flipped].argmax(1) == true).double().mean().item()
         return out
 
@@ -238,15 +350,21 @@ class Trainer:
 
     # -- training -----------------------------------------------------------
     def _batches(self, generator: torch.Generator):
+        n = len(self.task.train)  # type: ignore[arg-type]
+        size = n if self.batch_size == "full" else min(self.batch_size, n)
+        if self.streamed:
+            while True:  # one DataLoader pass per epoch; the generator carries the order across epochs
+                yield from self._loader(self.task.train, size, shuffle=True, generator=generator)
         x, y, idx = self._train
-        n = len(y)
-        if self.batch_size == "full" or self.batch_size >= n:
+        if size == n:
             while True:
                 yield x, y, idx
         while True:
             order = torch.randperm(n, generator=generator)
-            for i in range(0, n - self.batch_size + 1, self.batch_size):
-                b = order[i : i + self.batch_size]
+            if x.device.type != "cpu":
+                order = order.to(x.device)
+            for i in range(0, n - size + 1, size):
+                b = order[i : i + size]
                 yield x[b], y[b], idx[b]
 
     def fit(self) -> TrainResult:
@@ -262,7 +380,15 @@ class Trainer:
         status, diverged_at = "done", None
         while self.step < self.steps:
             record = train_step(
-                self.model, next(batches), self.loss_fn, self.optimizer, self.penalty, self.augment, step=self.step
+                self.model,
+                next(batches),
+                self.loss_fn,
+                self.optimizer,
+                self.penalty,
+                self.augment,
+                step=self.step,
+                precision=self.precision,
+                scaler=self.scaler,
             )
             self.step += 1
             if self.scheduler is not None:
