@@ -18,10 +18,13 @@ from typing import Any
 
 from reglab.tasks.base import MODELS, REGISTRY, TRANSFORMS, IndexedDataset, Task, as_tensors
 from reglab.tasks.generated import modular_arithmetic, sparse_regression, teacher_student, two_moons
+from reglab.tasks.hf import hf_dataset  # registers the task; datasets is imported on use
 from reglab.tasks.models import MLP, CNN1d, CNN2d, DiagonalLinear, EmbeddingMLP, ReferenceModel, Transformer
 from reglab.tasks.packaged import digits, mnist1d
+from reglab.tasks.split import SplitModel, split_model
 from reglab.tasks.streaming import StreamedDataset, from_datasets
 from reglab.tasks.transforms import long_tail, subset, with_label_noise
+from reglab.tasks.vision import torchvision_model, torchvision_task  # registers; torchvision imported on use
 
 
 def get(name: str, **options: Any) -> Task:
@@ -46,9 +49,14 @@ __all__ = [
     "IndexedDataset",
     "ReferenceModel",
     "Task",
+    "SplitModel",
     "StreamedDataset",
     "Transformer",
     "from_datasets",
+    "hf_dataset",
+    "split_model",
+    "torchvision_model",
+    "torchvision_task",
     "as_tensors",
     "digits",
     "get",
