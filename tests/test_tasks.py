@@ -31,7 +31,8 @@ TRANSFORM_EXAMPLES: dict[str, dict] = {
     "long_tail": {"imbalance": 5.0},
 }
 
-TASK_NAMES = REGISTRY.names()
+#: The offline, in-memory tasks (torchvision and hf_dataset read external data: test_vision_hf.py).
+TASK_NAMES = [n for n in REGISTRY.names() if n not in ("torchvision", "hf_dataset")]
 
 
 def options(name: str, **changes) -> dict:

@@ -208,8 +208,5 @@ class CalibrationProbe(Probe):
         self.n_bins = check_int("n_bins", n_bins, 1)
 
     def measure(self, trainer: Any) -> dict[str, float]:
-        from reglab.tasks import as_tensors
-
-        x, y, _ = as_tensors(trainer.task.test)
-        r = calibration_report(trainer.model, (x, y), self.n_bins)
+        r = calibration_report(trainer.model, trainer.test_data, self.n_bins)
         return {f"calibration/{k}": getattr(r, k) for k in ("ece", "ece_equal_mass", "mce", "nll", "brier", "aurc")}

@@ -294,13 +294,6 @@ def _current_lr(optimizer: Any) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _subsample(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    if len(x) <= n:
-        return x, y
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx], y[idx]
-
-
 @REGISTRY.register("sharpness")
 class SharpnessProbe(Probe):
     """Logs λ_max of the training-loss Hessian, optionally tr(H), and the stability limit 2/η (edge of stability).
@@ -342,7 +335,7 @@ class SharpnessProbe(Probe):
         self.seed = check_int("seed", seed, 0)
 
     def measure(self, trainer: Any) -> dict[str, float]:
-        x, y = _subsample(*trainer.train_data, self.n_examples, self.seed)
+        x, y = trainer.examples("train", self.n_examples, self.seed)
         operator = HessianOperator(trainer.model, probe_loss(trainer), (x, y))
         metrics = {
             "sharpness": float(lanczos(operator, k=1, tol=self.tol, seed=self.seed).values[0]),

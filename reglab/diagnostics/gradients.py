@@ -705,8 +705,7 @@ class _TrainSubsetProbe(Probe):
         self.seed = check_int("seed", seed, 0)
 
     def _data(self, trainer: Any) -> tuple[Tensor, Tensor]:
-        x, y = trainer.train_data
-        return _subsample(x, y, self.n_examples, self.seed)
+        return trainer.examples("train", self.n_examples, self.seed)
 
 
 @REGISTRY.register("gradient_coherence")

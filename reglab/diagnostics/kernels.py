@@ -340,11 +340,7 @@ class NTKChangeProbe(Probe):
     def measure(self, trainer: Any) -> dict[str, float]:
         model = trainer.model
         if self._x is None:
-            x, y = trainer.train_data
-            if len(x) > self.n_examples:
-                idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[: self.n_examples]
-                x, y = x[idx], y[idx]
-            self._x, self._y = x, y
+            self._x, self._y = trainer.examples("train", self.n_examples, self.seed)
             self._theta0 = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         kernel = empirical_ntk(model, self._x, chunk_size=self.chunk_size)
         if self._kernel0 is None:

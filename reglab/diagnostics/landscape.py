@@ -865,14 +865,7 @@ class RandomSharpnessProbe(Probe):
         self.seed = check_int("seed", seed, 0)
 
     def _data(self, trainer: Any) -> tuple[Tensor, Tensor]:
-        from reglab.tasks import as_tensors  # the trainer's task; imported lazily (tasks is a higher layer)
-
-        x, y, _ = as_tensors(trainer.task.train)
-        if self.max_examples is not None and len(x) > self.max_examples:
-            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[: self.max_examples]
-            keep = keep.sort().values
-            x, y = x[keep], y[keep]
-        return x, y
+        return trainer.examples("train", self.max_examples, self.seed, in_order=True)
 
     def measure(self, trainer: Any) -> dict[str, float]:
         loss_fn = probe_loss(trainer)

@@ -509,9 +509,11 @@ class LipschitzProbe(Probe):
     def _subsample(self, trainer: Any) -> Tensor:
         if self._x is None:
             dataset = trainer.task.train
+            dataset = dataset.for_eval() if callable(getattr(dataset, "for_eval", None)) else dataset
             g = torch.Generator().manual_seed(self.seed)
             idx = torch.randperm(len(dataset), generator=g)[: self.n_points]
-            self._x = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in idx])
+            device = getattr(trainer, "device", None)  # only these points are read, then moved to the model
+            self._x = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in idx]).to(device)
         return self._x
 
     def measure(self, trainer: Any) -> dict[str, float]:

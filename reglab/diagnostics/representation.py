@@ -940,11 +940,9 @@ def spectral_probe(
 # -- probes --------------------------------------------------------------------------------------------------------
 
 
-def _train_pair(trainer: Any) -> tuple[Tensor, Tensor]:
-    from reglab.tasks import as_tensors  # the trainer's task; imported lazily (tasks is a higher layer)
-
-    x, y, _ = as_tensors(trainer.task.train)
-    return x, y
+def _train_pair(trainer: Any, max_examples: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """The examples :func:`_subsample` would keep (in order), read by the trainer: a streamed task reads only those."""
+    return trainer.examples("train", max_examples, seed, in_order=True)
 
 
 NC_METRICS = ("nc1", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle", "nc2_etf", "nc3", "nc4")
@@ -971,7 +969,12 @@ class NeuralCollapseProbe(Probe):
 
     def measure(self, trainer: Any) -> dict[str, float]:
         try:
-            r = neural_collapse(trainer.model, _train_pair(trainer), max_examples=self.max_examples, seed=self.seed)
+            r = neural_collapse(
+                trainer.model,
+                _train_pair(trainer, self.max_examples, self.seed),
+                max_examples=self.max_examples,
+                seed=self.seed,
+            )
         except ShapeError:  # e.g. a class with no training example: the metrics are undefined, training goes on
             return {f"neural_collapse/{k}": math.nan for k in NC_METRICS}
         values = {name: getattr(r, name) for name in NC_METRICS}
@@ -1014,7 +1017,11 @@ class EffectiveRankProbe(Probe):
 
     def measure(self, trainer: Any) -> dict[str, float]:
         r = feature_rank(
-            trainer.model, _train_pair(trainer), max_examples=self.max_examples, center=self.center, seed=self.seed
+            trainer.model,
+            _train_pair(trainer, self.max_examples, self.seed),
+            max_examples=self.max_examples,
+            center=self.center,
+            seed=self.seed,
         )
         out = {"effective_rank/features": r.effective_rank, "stable_rank/features": r.stable_rank}
         if self.weights:

@@ -265,9 +265,7 @@ class Perturbation:
         evaluations: closure calls so far in this step (the first one included).
     """
 
-    def __init__(
-        self, closure: Closure, params: list[Tensor], grad: list[Tensor], unscale: _Unscaler | None = None
-    ):
+    def __init__(self, closure: Closure, params: list[Tensor], grad: list[Tensor], unscale: _Unscaler | None = None):
         self.closure = closure
         self.unscale = unscale
         self.params = params

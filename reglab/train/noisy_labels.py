@@ -357,7 +357,7 @@ class LateStopping(Callback):
         task = trainer.task
         if not task.is_classification:
             raise ConfigError(f"LateStopping needs a classification task, got {task.name!r} (num_classes=None)")
-        self._x, self._y, _ = as_tensors(task.train)
+        self._x, self._y = trainer.train_data
         n = len(self._y)
         if self.every is not None:
             self._period = self.every

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from reglab.core import Callback, ConfigError, Penalty, ShapeError
 from reglab.core.validation import check_int
@@ -78,6 +78,32 @@ def _optimizer_to(optimizer: torch.optim.Optimizer) -> None:
     """
     if optimizer.state:
         optimizer.load_state_dict(optimizer.state_dict())
+
+
+class EpochBatches(Sampler):
+    """The training order: each epoch ``torch.randperm(n, generator)`` cut into batches of ``size``, the last
+    incomplete batch dropped; with ``size == n`` (full batch) every example in order, and no draw.
+
+    The in-memory path indexes its tensors with these batches and the streamed path hands them to the DataLoader
+    as its ``batch_sampler``, so the same seed gives the same batches on both.
+    """
+
+    def __init__(self, n: int, size: int, generator: torch.Generator, *, forever: bool = False):
+        self.n, self.size, self.generator, self.forever = n, size, generator, forever
+
+    def __iter__(self) -> Any:
+        while True:
+            if self.size >= self.n:
+                yield torch.arange(self.n) if self.forever else list(range(self.n))
+            else:
+                order = torch.randperm(self.n, generator=self.generator)
+                for i in range(0, self.n - self.size + 1, self.size):
+                    yield order[i : i + self.size] if self.forever else order[i : i + self.size].tolist()
+            if not self.forever:
+                return
+
+    def __len__(self) -> int:
+        return max(1, self.n // self.size)
 
 
 class Trainer:
@@ -217,11 +243,15 @@ class Trainer:
         """The whole test set as ``(inputs, targets)`` on the device, in the model's dtype (see :attr:`train_data`)."""
         return self.examples("test")
 
-    def examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    def examples(
+        self, split: str = "train", n: int | None = None, seed: int = 0, *, in_order: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Up to ``n`` examples of ``split`` as ``(inputs, targets)`` on the device, in the model's dtype.
 
-        ``n`` None or >= the split's size: every example, in order; otherwise a random subset drawn with ``seed``
-        (the same subset for the same seed). A streamed task reads only those items, without training augmentation.
+        ``n`` None or >= the split's size: every example, in order; otherwise the first ``n`` of
+        ``torch.randperm(size)`` drawn from a generator seeded with ``seed`` (the same subset for the same seed),
+        in that random order or, with ``in_order``, in dataset order. This is the one place probes get their
+        examples from: a streamed task reads only those items, without training augmentation.
         """
         if split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
@@ -230,6 +260,8 @@ class Trainer:
         chosen = None
         if n is not None and n < size:
             chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+            if in_order:
+                chosen = chosen.sort().values
         if not self.streamed:
             x, y, _ = self._train if split == "train" else self._test
             if chosen is None:
@@ -240,7 +272,7 @@ class Trainer:
         if chosen is not None:
             view = Subset(view, chosen.tolist())
         xs, ys = [], []
-        for x, y, _ in self._loader(view, self.eval_batch_size, shuffle=False):
+        for x, y, _ in self._loader(view, self.eval_batch_size):
             xs.append(x)
             ys.append(y)
         return torch.cat(xs), torch.cat(ys)
@@ -262,20 +294,21 @@ class Trainer:
         self._pending = []
 
     # -- data ---------------------------------------------------------------
-    def _loader(
-        self, dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
-    ) -> Any:
-        """Batches of ``dataset`` on the device: a DataLoader over it, each batch moved with ``non_blocking``."""
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=shuffle and self.num_workers > 0,
-        )
+    def _loader(self, dataset: Dataset, batch_size: int, *, order: torch.Generator | None = None) -> Any:
+        """Batches of ``dataset`` on the device, each moved with ``non_blocking``: in order, or, given an ``order``
+        generator, shuffled for training (:class:`EpochBatches`; workers seeded from the run's seed)."""
+        loader_args: dict[str, Any] = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        if order is None:
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_args)
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_sampler=EpochBatches(len(dataset), batch_size, order),  # type: ignore[arg-type]
+                persistent_workers=self.num_workers > 0,
+                # the workers' base seed comes from here, not from torch's global generator (dropout's)
+                generator=torch.Generator().manual_seed(self.seed),
+                **loader_args,
+            )
         return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
     def _split_outputs(self, split: str) -> tuple[Tensor, Tensor]:
@@ -288,7 +321,7 @@ class Trainer:
             )
         else:
             dataset = _eval_view(self.task.train if split == "train" else self.task.test)
-            batches = ((x, y) for x, y, _ in self._loader(dataset, self.eval_batch_size, shuffle=False))
+            batches = ((x, y) for x, y, _ in self._loader(dataset, self.eval_batch_size))
         outputs, targets = [], []
         with torch.no_grad(), self.precision.autocast():
             for x, y in batches:
@@ -354,17 +387,13 @@ class Trainer:
         size = n if self.batch_size == "full" else min(self.batch_size, n)
         if self.streamed:
             while True:  # one DataLoader pass per epoch; the generator carries the order across epochs
-                yield from self._loader(self.task.train, size, shuffle=True, generator=generator)
+                yield from self._loader(self.task.train, size, order=generator)
         x, y, idx = self._train
-        if size == n:
-            while True:
+        for b in EpochBatches(n, size, generator, forever=True):
+            if size == n:
                 yield x, y, idx
-        while True:
-            order = torch.randperm(n, generator=generator)
-            if x.device.type != "cpu":
-                order = order.to(x.device)
-            for i in range(0, n - size + 1, size):
-                b = order[i : i + size]
+            else:
+                b = torch.as_tensor(b, device=x.device) if x.device.type != "cpu" else b
                 yield x[b], y[b], idx[b]
 
     def fit(self) -> TrainResult:
