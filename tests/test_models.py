@@ -35,11 +35,7 @@ def get_task(name: str) -> Task:
 #: Tasks over external data (torchvision, Hugging Face) and their models are tested in test_vision_hf.py.
 EXTERNAL_TASKS, EXTERNAL_MODELS = {"torchvision", "hf_dataset"}, {"torchvision", "timm"}
 PAIRS = [
-    (t, m)
-    for t in REGISTRY.names()
-    if t not in EXTERNAL_TASKS
-    for m in get_task(t).models
-    if m not in EXTERNAL_MODELS
+    (t, m) for t in REGISTRY.names() if t not in EXTERNAL_TASKS for m in get_task(t).models if m not in EXTERNAL_MODELS
 ]
 
 

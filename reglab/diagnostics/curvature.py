@@ -339,7 +339,8 @@ class SharpnessProbe(Probe):
         operator = HessianOperator(trainer.model, probe_loss(trainer), (x, y))
         metrics = {
             "sharpness": float(lanczos(operator, k=1, tol=self.tol, seed=self.seed).values[0]),
-            "stability_threshold": 2.0 / _current_lr(trainer.optimizer),
+            # 2/η; infinite at η = 0 (the end of a schedule that decays to zero)
+            "stability_threshold": 2.0 / lr if (lr := _current_lr(trainer.optimizer)) > 0 else math.inf,
         }
         if self.trace:
             metrics["sharpness_trace"] = hutchpp(operator, n_probes=self.n_probes, seed=self.seed).estimate

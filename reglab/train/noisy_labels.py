@@ -357,7 +357,8 @@ class LateStopping(Callback):
         task = trainer.task
         if not task.is_classification:
             raise ConfigError(f"LateStopping needs a classification task, got {task.name!r} (num_classes=None)")
-        self._x, self._y = trainer.train_data
+        device = getattr(trainer, "device", None)  # the Trainer's device; a model without one stays where it is
+        self._x, self._y = (t.to(device) for t in as_tensors(task.train)[:2])
         n = len(self._y)
         if self.every is not None:
             self._period = self.every
@@ -380,7 +381,7 @@ class LateStopping(Callback):
         self.epoch += 1
         if self.epoch <= self.warmup_epochs:
             return
-        correct = _accuracy(trainer.model, self._x, self._y).bool()
+        correct = _accuracy(trainer.model, self._x, self._y).bool().cpu()  # the per-example state lives on the CPU
         self._streak = torch.where(correct, self._streak + 1, torch.zeros_like(self._streak))
         newly = (self._streak >= self.k) & (self.fkl < 0)
         self.fkl[newly] = self.epoch
