@@ -7,10 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_store, bench_trainer, curvature, losses, optimizers, penalties, sweeps  # noqa: E402
+from benchmarks import bench_store, curvature, losses, optimizers, penalties, sweeps, trainer_throughput  # noqa: E402
 
 if __name__ == "__main__":
-    bench_trainer.main()
+    trainer_throughput.main([])
     losses.main()
     penalties.main()
     bench_store.main()

@@ -283,3 +283,20 @@ def test_instruments_run_where_the_model_is():
     torch.testing.assert_close(torch.as_tensor(gpu.values).cpu(), torch.as_tensor(cpu.values), rtol=1e-8, atol=1e-10)
     tr = hessian_trace(model, nn.functional.cross_entropy, (x.cuda(), y.cuda()), seed=0)
     assert tr.estimate == tr.estimate  # finite, computed on the GPU
+
+
+@pytest.mark.gpu
+@cuda
+def test_muon_keeps_bf16_newton_schulz_on_cuda():
+    from reglab.optim import Muon
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32, bias=False), nn.Linear(32, 4)).cuda()
+    opt = Muon(model, lr=0.02)
+    x, y = torch.randn(8, 16, device="cuda"), torch.randint(0, 4, (8,), device="cuda")
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
+    from reglab.optim.orthogonal import _dtype
+
+    assert _dtype("auto", torch.device("cuda")) == torch.bfloat16

@@ -386,8 +386,8 @@ class NestedDropout(nn.Module):
         n, units = x.shape[0], x.shape[1]
         kept = self.sample_kept(n if self.per_example else 1, units).expand(n)
         self.last_kept = kept
-        mask = torch.arange(units) < kept[:, None]
-        mask = mask.reshape(n, units, *([1] * (x.ndim - 2))).to(x.device)
+        mask = torch.arange(units, device=x.device) < kept.to(x.device)[:, None]
+        mask = mask.reshape(n, units, *([1] * (x.ndim - 2)))
         return x.masked_fill(~mask, 0)
 
     def extra_repr(self) -> str:

@@ -34,7 +34,7 @@ from reglab.core import ConfigError, ShapeError
 from reglab.core.validation import check_int
 from reglab.diagnostics.probe import Probe
 from reglab.diagnostics.registry import REGISTRY
-from reglab.linalg.functional import eval_mode
+from reglab.linalg.functional import eval_mode, on_model_device
 
 BINNINGS = ("equal_width", "equal_mass")
 
@@ -68,7 +68,7 @@ def bin_statistics(probs: Tensor, labels: Tensor, n_bins: int = 15, binning: str
     correct = (prediction == labels).double()
     bins = _bins(confidence, n_bins, binning)
     return {
-        "count": torch.tensor([len(b) for b in bins], dtype=torch.float64),
+        "count": torch.tensor([len(b) for b in bins], dtype=torch.float64, device=confidence.device),
         "confidence": torch.stack([confidence[b].mean() for b in bins]),
         "accuracy": torch.stack([correct[b].mean() for b in bins]),
     }
@@ -106,7 +106,7 @@ def aurc(probs: Tensor, labels: Tensor) -> float:
     confidence, prediction = probs.double().max(dim=1)
     order = torch.argsort(-confidence, stable=True)
     errors = (prediction[order] != labels[order]).double()
-    coverage = torch.arange(1, len(errors) + 1, dtype=torch.float64)
+    coverage = torch.arange(1, len(errors) + 1, dtype=torch.float64, device=errors.device)
     return float((errors.cumsum(0) / coverage).mean())
 
 
@@ -168,7 +168,7 @@ def calibration_report(model: nn.Module, data: Any, n_bins: int = 15, batch_size
     The model runs in eval mode without gradients (no buffer changes); its
     train/eval mode is restored afterwards.
     """
-    x, y = _as_pair(data)
+    x, y = on_model_device(model, *_as_pair(data))
     with eval_mode(model):
         logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     return calibration_metrics(logits.double().softmax(1), y, n_bins)

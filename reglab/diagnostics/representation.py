@@ -37,7 +37,7 @@ from reglab.core import ConfigError, MissingContextError, ShapeError
 from reglab.core.validation import check_float, check_int
 from reglab.diagnostics.probe import Probe
 from reglab.diagnostics.registry import REGISTRY
-from reglab.linalg.functional import eval_mode
+from reglab.linalg.functional import eval_mode, on_model_device
 
 _NAN = float("nan")
 
@@ -153,10 +153,10 @@ def _affine_head(model: nn.Module, features: Tensor, logits: Tensor) -> tuple[Te
     head = model.head
     if isinstance(head, nn.Linear):
         weight = head.weight.detach().double()
-        bias = head.bias.detach().double() if head.bias is not None else torch.zeros(weight.shape[0]).double()
+        bias = head.bias.detach().double() if head.bias is not None else weight.new_zeros(weight.shape[0])
         return weight, bias
     d = features.shape[1]
-    basis = torch.cat([torch.zeros(1, d), torch.eye(d)]).to(features.dtype)
+    basis = torch.cat([features.new_zeros(1, d), torch.eye(d, dtype=features.dtype, device=features.device)])
     with eval_mode(model):
         out = head(basis)
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[1] != logits.shape[1]:
@@ -321,7 +321,7 @@ def neural_collapse_metrics(
         raise ShapeError(f"logits must have shape ({n}, {k}), got {tuple(logits.shape)}")
 
     h = features.detach().double()
-    means = torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels, h) / counts[:, None].double()
+    means = torch.zeros(k, d, dtype=torch.float64, device=h.device).index_add_(0, labels, h) / counts[:, None].double()
     centered = means - means.mean(0)
     residual = h - means[labels]
     # NC1 = tr(Sigma_W Sigma_B^+)/K with Sigma_B = V S^2 V^T / K, so Sigma_B^+ = K V S^-2 V^T and
@@ -336,7 +336,7 @@ def neural_collapse_metrics(
     gram = centered @ centered.T
     gram_norm = gram.norm()
     if gram_norm > 0:
-        ideal = (torch.eye(k, dtype=torch.float64) - 1.0 / k) / math.sqrt(k - 1)
+        ideal = (torch.eye(k, dtype=torch.float64, device=gram.device) - 1.0 / k) / math.sqrt(k - 1)
         etf = float((gram / gram_norm - ideal).norm())
     else:
         etf = _NAN
@@ -430,7 +430,7 @@ def neural_collapse(
     max_examples = _check_max_examples(max_examples)
     check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1)
-    x, y = _as_pair(data)
+    x, y = on_model_device(model, *_as_pair(data))
     index = _subsample(len(x), max_examples, seed)
     if index is not None:
         x, y = x[index], y[index]
@@ -635,7 +635,7 @@ def feature_rank(
     max_examples = _check_max_examples(max_examples)
     check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1)
-    x, _ = _as_pair(data)
+    (x,) = on_model_device(model, _as_pair(data)[0])
     index = _subsample(len(x), max_examples, seed)
     if index is not None:
         x = x[index]
@@ -918,8 +918,8 @@ def spectral_probe(
     start = time.perf_counter()
     _require_features_head(model)
     check_int("batch_size", batch_size, 1)
-    x, y = _as_pair(train_data, "train_data")
-    xt, yt = _as_pair(test_data, "test_data")
+    x, y = on_model_device(model, *_as_pair(train_data, "train_data"))
+    xt, yt = on_model_device(model, *_as_pair(test_data, "test_data"))
     h, logits = _features_and_logits(model, x, batch_size)
     ht = _features(model, xt, batch_size)
     dtype = h.dtype

@@ -12,6 +12,7 @@ train/eval mode) is left exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -58,6 +59,14 @@ def concat(data: Any) -> tuple[Tensor, Tensor]:
     if len(parts) == 1:
         return parts[0]
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def on_model_device(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` moved to the device of ``model``'s first parameter or buffer (unchanged if it has none)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is None:
+        return tensors
+    return tuple(t.to(first.device) for t in tensors)
 
 
 @contextlib.contextmanager

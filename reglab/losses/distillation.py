@@ -191,7 +191,7 @@ class TeacherGuidedDistillation(_PerExampleState):
                 f"xi_distill: teacher probs must have shape ({len(idx)}, {self.num_classes}), "
                 f"got {tuple(getattr(probs, 'shape', ()))}"
             )
-        probs = probs.detach().to(self.teacher_probs.dtype)
+        probs = probs.detach().to(self.teacher_probs)  # the buffer's dtype and device
         if probs.numel():
             err, low = (probs.sum(1) - 1).abs().max().item(), probs.min().item()
             if low < 0 or err > 1e-4 or not bool(torch.isfinite(probs).all()):
@@ -218,7 +218,9 @@ class TeacherGuidedDistillation(_PerExampleState):
         was_training = teacher.training
         teacher.eval()
         try:
-            logits = torch.cat([teacher(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+            device = next((p.device for p in teacher.parameters()), inputs.device)
+            chunks = (inputs[i : i + batch_size].to(device) for i in range(0, len(inputs), batch_size))
+            logits = torch.cat([teacher(chunk) for chunk in chunks])
         finally:
             teacher.train(was_training)
         self.set_teacher(F.softmax(logits.float() if logits.dtype == torch.float16 else logits, dim=1))

@@ -270,7 +270,8 @@ def mup_init_(
         if entry.role == "output" and readout_zero:
             p.zero_()
         else:
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device) * entry.init_std)
+            draw_on = generator.device if generator is not None else p.device  # a CPU generator for a CUDA model
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype, device=draw_on) * entry.init_std)
     return table
 
 

@@ -288,7 +288,7 @@ def refined_schedule(
     w = u * tail
     factors = w / w.max()
     if warmup_steps > 0:
-        ramp = torch.arange(1, n + 1, dtype=torch.float64) / warmup_steps
+        ramp = torch.arange(1, n + 1, dtype=torch.float64, device=factors.device) / warmup_steps
         factors = factors * ramp.clamp(max=1.0)
     return factors
 

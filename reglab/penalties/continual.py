@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 from reglab.core import ConfigError, Penalty, ReglabError, ShapeError, StepContext
 from reglab.core.validation import check_choice, check_float, check_int
+from reglab.linalg.functional import on_model_device
 from reglab.penalties.norms import selected_parameters
 from reglab.penalties.registry import REGISTRY
 
@@ -221,7 +222,7 @@ def fisher_diagonal(
     named = list(selected_parameters(model, params))
     if not named:
         raise ConfigError(f"the model has no trainable parameters in the set params={params!r}")
-    x, y = _gather(data, n_samples)
+    x, y = on_model_device(model, *_gather(data, n_samples))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -229,7 +230,9 @@ def fisher_diagonal(
         if fisher in ("exact", "sample"):
             probs = F.softmax(_logits(model, x, fisher), dim=-1)
             if fisher == "sample":
-                y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                # drawn where the generator lives (a CPU generator with a CUDA model), then moved to the model
+                draw_on = generator.device if generator is not None else probs.device
+                y = torch.multinomial(probs.to(draw_on), 1, generator=generator).squeeze(1).to(probs.device)
         acc = None
         if vectorize:
             try:

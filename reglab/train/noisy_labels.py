@@ -119,7 +119,7 @@ class CoTeaching:
         (update1 + update2).backward()
         self.optimizer1.step()
         self.optimizer2.step()
-        noisy = torch.zeros_like(targets, dtype=torch.bool) if flipped is None else flipped.bool()
+        noisy = torch.zeros_like(targets, dtype=torch.bool) if flipped is None else flipped.to(targets.device).bool()
         return {
             "forget_rate": forget_rate_at(epoch, self.forget_rate, self.num_gradual),
             "num_selected": float(keep),
@@ -435,7 +435,7 @@ class LateStopping(Callback):
         """
         flagged = self._require_round()
         x, y, _ = as_tensors(task.train)
-        if len(y) != len(flagged) or not torch.equal(y, self._y):
+        if len(y) != len(flagged) or not torch.equal(y, self._y.to(y.device)):
             raise ConfigError(
                 f"shrink needs the task this callback was trained on ({len(flagged)} examples), got {len(y)} examples"
             )
