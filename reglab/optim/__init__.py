@@ -7,6 +7,7 @@ the loss (the SAM family) has ``requires_closure = True`` and is driven through
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -67,8 +68,14 @@ def requires_closure(optimizer: torch.optim.Optimizer) -> bool:
     """
     if hasattr(optimizer, "requires_closure"):
         return bool(optimizer.requires_closure)
+    return _step_needs_closure(type(optimizer))
+
+
+@functools.lru_cache(maxsize=256)
+def _step_needs_closure(cls: type) -> bool:
+    """Whether ``cls.step`` has a ``closure`` argument without a default (read once per class: it runs every step)."""
     try:
-        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        closure = inspect.signature(cls.step).parameters.get("closure")
     except (TypeError, ValueError):
         return False
     return closure is not None and closure.default is inspect.Parameter.empty

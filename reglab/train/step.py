@@ -53,7 +53,11 @@ def _grad_norm_tensor(parameters: Sequence[Tensor]) -> Tensor | None:
     if not grads:
         return None
     # the per-tensor norms in one fused call per device and dtype, as torch.nn.utils.clip_grad_norm_ does
-    return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in torch._foreach_norm(grads)]))
+    norms = torch._foreach_norm(grads)
+    device = grads[0].device
+    if any(n.device != device for n in norms):
+        norms = [n.to(device) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def supports_grad_scaler(optimizer: torch.optim.Optimizer) -> bool:
@@ -171,7 +175,10 @@ def train_step(
             values = [loss.detach(), objective.detach(), *(v.detach() for v in terms.values())]
             if norm is not None:
                 values.append(norm)
-            numbers = torch.stack([v.to(device=values[0].device, dtype=torch.float64) for v in values]).tolist()
+            device, dtype = values[0].device, values[0].dtype
+            if any(v.device != device or v.dtype != dtype for v in values):  # e.g. a float64 penalty
+                values = [v.to(device=device, dtype=torch.float64) for v in values]
+            numbers = torch.stack(values).tolist()
             record["loss"], record["objective"] = numbers[0], numbers[1]
             record.update({f"penalty/{k}": numbers[2 + i] for i, k in enumerate(terms)})
             record["grad_norm"] = numbers[-1] if norm is not None else 0.0

@@ -388,13 +388,14 @@ class Trainer:
         if self.streamed:
             while True:  # one DataLoader pass per epoch; the generator carries the order across epochs
                 yield from self._loader(self.task.train, size, order=generator)
-        x, y, idx = self._train
+        x, y, idx = self._train  # idx is arange(n), so a batch's indices are b itself
+        on_cpu = x.device.type == "cpu"
         for b in EpochBatches(n, size, generator, forever=True):
             if size == n:
                 yield x, y, idx
             else:
-                b = torch.as_tensor(b, device=x.device) if x.device.type != "cpu" else b
-                yield x[b], y[b], idx[b]
+                b = b if on_cpu else b.to(x.device)
+                yield x[b], y[b], b
 
     def fit(self) -> TrainResult:
         """Run ``steps`` optimizer steps; returns a :class:`TrainResult` (never raises on divergence)."""
