@@ -27,20 +27,10 @@ DEMO_STUDY = Path(__file__).parent / "examples" / "demo.yaml"
 
 
 def _families() -> dict[str, Any]:
-    from reglab import augment, claims, diagnostics, losses, optim, penalties, tasks
+    from reglab import claims
+    from reglab.experiments.config import family_registries
 
-    return {
-        "penalty": penalties.REGISTRY,
-        "loss": losses.REGISTRY,
-        "optimizer": optim.REGISTRY,
-        "schedule": optim.SCHEDULES,
-        "augmentation": augment.REGISTRY,
-        "probe": diagnostics.REGISTRY,
-        "task": tasks.REGISTRY,
-        "transform": tasks.TRANSFORMS,
-        "model": tasks.MODELS,
-        "claim": claims.REGISTRY,
-    }
+    return {**family_registries(), "claim": claims.REGISTRY}
 
 
 @app.command("list")

@@ -176,3 +176,19 @@ def test_seed_everything_is_deterministic():
     assert isinstance(g, torch.Generator)
     with pytest.raises(ConfigError, match="seed"):
         seed_everything(-1)
+
+
+def test_check_bool_refuses_what_it_used_to_coerce():
+    from reglab.core import ConfigError
+    from reglab.core.validation import check_bool
+    from reglab.losses import CircleLoss
+    from reglab.train import LateStopping
+
+    assert check_bool("flag", True) is True and check_bool("flag", False) is False
+    for bad in (1, 0, "yes", None, 1.0):
+        with pytest.raises(ConfigError, match=r"flag must be a bool \(true or false\)"):
+            check_bool("flag", bad)
+    with pytest.raises(ConfigError, match="detach_weights must be a bool"):
+        CircleLoss(detach_weights=1)
+    with pytest.raises(ConfigError, match="stop must be a bool"):
+        LateStopping(stop="no")

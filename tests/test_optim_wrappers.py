@@ -128,7 +128,7 @@ def test_ortho_grad_validation():
     params = list(_model().parameters())
     with pytest.raises(ConfigError, match="base must be a constructed torch.optim.Optimizer"):
         OrthoGrad("sgd")
-    with pytest.raises(ConfigError, match="rescale must be a bool, got 1"):
+    with pytest.raises(ConfigError, match="rescale must be a bool \\(true or false\\), got 1"):
         OrthoGrad(torch.optim.SGD(params, lr=0.1), rescale=1)
     with pytest.raises(ConfigError, match="OrthoGrad .* cannot wrap LBFGS.*requires_closure"):
         OrthoGrad(torch.optim.LBFGS(params))

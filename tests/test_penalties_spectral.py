@@ -566,7 +566,7 @@ def test_registry_members_and_descriptions():
     "cls,kwargs,match",
     [
         (SpectralNorm, {"n_power_iterations": 0}, "n_power_iterations must be an int >= 1, got 0"),
-        (SpectralNorm, {"squared": "yes"}, "squared must be a bool, got 'yes'"),
+        (SpectralNorm, {"squared": "yes"}, "squared must be a bool \\(true or false\\), got 'yes'"),
         (SpectralNorm, {"seed": -1}, "seed must be an int"),
         (SpectralNorm, {"types": ("lstm",)}, "types must be one of 'linear', 'conv', got 'lstm'"),
         (SpectralNorm, {"types": ()}, "types must name at least one"),
@@ -576,7 +576,7 @@ def test_registry_members_and_descriptions():
         (SpectralRegularizer, {"k": 0}, "k must be > 0, got 0"),
         (SpectralRegularizer, {"k": float("nan")}, "k must be a finite number"),
         (SpectralRegularizer, {"n_power_iterations": 1.5}, "n_power_iterations must be an int"),
-        (ConditionNumber, {"log": 1}, "log must be a bool, got 1"),
+        (ConditionNumber, {"log": 1}, "log must be a bool \\(true or false\\), got 1"),
         (SRIP, {"squared": None}, "squared must be a bool"),
         (SoftOrthogonality, {"types": "dense"}, "types must be one of"),
         (NuclearNorm, {"names": ["fc"]}, "names must be a regular expression"),

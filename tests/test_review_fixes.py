@@ -126,7 +126,7 @@ def test_bad_values_fail_at_parse_time_with_the_field(patch, message):
     "patch, message",
     [
         ({"transforms": [{"name": "label_noise", "rate": 1.5}]}, r"transforms\[0\]: rate must be in \[0, 1\)"),
-        ({"penalties": [{"name": "l2", "weight": -1.0}]}, r"penalties\[0\]: L2 weight must be finite and >= 0"),
+        ({"penalties": [{"name": "l2", "weight": -1.0}]}, r"penalties\[0\]: L2 weight must be >= 0"),
         ({"model": {"name": "mlp", "width": 0}}, r"model: width must be an int >= 1"),
         ({"optimizer": {"name": "sgd", "lr": -1.0}}, r"optimizer: Invalid learning rate"),
     ],

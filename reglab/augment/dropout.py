@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from reglab.augment.erasing import _check_generator, _uniform
 from reglab.core import Callback, ConfigError, ShapeError
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 
 #: The modules whose ``p`` the schedules set: torch's dropout layers.
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
@@ -359,8 +359,7 @@ class NestedDropout(nn.Module):
         self.p = check_float("p", p, 0.0, 1.0, low_open=True)
         self.distribution = check_choice("distribution", distribution, _DISTRIBUTIONS)
         self.sigma = check_float("sigma", sigma, 0.0, low_open=True)
-        if not isinstance(per_example, bool):
-            raise ConfigError(f"per_example must be a bool, got {per_example!r}")
+        check_bool("per_example", per_example)
         self.per_example = per_example
         self.generator = _check_generator(generator)
         self.last_kept: Tensor | None = None

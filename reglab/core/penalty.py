@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import math
 import numbers
 import re
 from collections.abc import Iterable
@@ -22,21 +21,13 @@ from torch import Tensor, nn
 
 from reglab.core.context import CONTEXT_FIELDS, StepContext
 from reglab.core.errors import ConfigError
+from reglab.core.validation import check_float
 
 
 def snake_case(name: str) -> str:
     """``"SoftOrthogonality"`` -> ``"soft_orthogonality"``, ``"L2ToInit"`` -> ``"l2_to_init"``."""
     s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
     return s.lower()
-
-
-def check_weight(weight: object, name: str = "penalty weight") -> float:
-    """Validate a penalty weight: a finite, non-negative real number (Python or NumPy)."""
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise ConfigError(f"{name} must be a number, got {weight!r}")
-    if not math.isfinite(weight) or weight < 0:
-        raise ConfigError(f"{name} must be finite and >= 0, got {weight!r}")
-    return float(weight)
 
 
 class Penalty(nn.Module, metaclass=abc.ABCMeta):
@@ -60,7 +51,7 @@ class Penalty(nn.Module, metaclass=abc.ABCMeta):
 
     def __init__(self, weight: float, *, name: str | None = None):
         super().__init__()
-        self.weight = check_weight(weight, f"{type(self).__name__} weight")
+        self.weight = check_float(f"{type(self).__name__} weight", weight, 0.0)
         self.name = name or snake_case(type(self).__name__)
         unknown = set(self.needs) - CONTEXT_FIELDS
         if unknown:
@@ -98,7 +89,7 @@ class Penalty(nn.Module, metaclass=abc.ABCMeta):
             scale = scale.item()
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             return NotImplemented
-        scale = check_weight(float(scale), "penalty scale factor")
+        scale = check_float("penalty scale factor", scale, 0.0)
         scaled = copy.deepcopy(self)
         # a term that occurs twice (p + p) is one object after deepcopy: scale each distinct object once
         for term in {id(t): t for t in scaled.terms()}.values():

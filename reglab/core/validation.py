@@ -54,6 +54,13 @@ def check_float(
     return x
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (``1``, ``"yes"`` and ``None`` are refused, not coerced); else ConfigError."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be a bool (true or false), got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``; else raise ConfigError."""
     if value not in choices:

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from reglab.core import ConfigError, ShapeError
-from reglab.core.validation import check_float, check_int
+from reglab.core.validation import check_bool, check_float, check_int
 from reglab.diagnostics.probe import Probe
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.conv_spectrum import conv_norm_bound
@@ -500,8 +500,7 @@ class LipschitzProbe(Probe):
         self.n_points = check_int("n_points", n_points, 1)
         self.radius = check_float("radius", radius, 0.0)
         self.n_samples = check_int("n_samples", n_samples, 0)
-        if not isinstance(ibp, bool):
-            raise ConfigError(f"ibp must be True or False, got {ibp!r}")
+        check_bool("ibp", ibp)
         self.ibp = ibp
         self.seed = check_int("seed", seed, 0)
         self._x: Tensor | None = None

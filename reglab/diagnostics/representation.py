@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from reglab.core import ConfigError, MissingContextError, ShapeError
-from reglab.core.validation import check_float, check_int
+from reglab.core.validation import check_bool, check_float, check_int
 from reglab.diagnostics.probe import Probe
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.functional import eval_mode, on_model_device
@@ -1008,10 +1008,8 @@ class EffectiveRankProbe(Probe):
     ):
         super().__init__(every)
         self.max_examples = _check_max_examples(max_examples)
-        if not isinstance(center, bool):
-            raise ConfigError(f"center must be a bool, got {center!r}")
-        if not isinstance(weights, bool):
-            raise ConfigError(f"weights must be a bool, got {weights!r}")
+        check_bool("center", center)
+        check_bool("weights", weights)
         self.center, self.weights = center, weights
         self.seed = check_int("seed", seed, 0)
 

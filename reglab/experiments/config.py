@@ -114,17 +114,23 @@ class RunConfig(BaseModel):
         return config_hash(data)
 
 
-_REGISTRIES = {
-    "task": lambda: tasks.REGISTRY,
-    "transforms": lambda: tasks.TRANSFORMS,
-    "model": lambda: tasks.MODELS,
-    "loss": lambda: losses.REGISTRY,
-    "penalties": lambda: penalties.REGISTRY,
-    "optimizer": lambda: optim.REGISTRY,
-    "augment": lambda: augment.REGISTRY,
-    "probes": lambda: diagnostics.REGISTRY,
-    "schedule": lambda: optim.SCHEDULES,
+#: Each config field that names methods: the family it names (as ``reglab list`` calls it) and its registry.
+FIELD_FAMILIES: dict[str, tuple[str, Any]] = {
+    "task": ("task", lambda: tasks.REGISTRY),
+    "transforms": ("transform", lambda: tasks.TRANSFORMS),
+    "model": ("model", lambda: tasks.MODELS),
+    "loss": ("loss", lambda: losses.REGISTRY),
+    "penalties": ("penalty", lambda: penalties.REGISTRY),
+    "optimizer": ("optimizer", lambda: optim.REGISTRY),
+    "augment": ("augmentation", lambda: augment.REGISTRY),
+    "probes": ("probe", lambda: diagnostics.REGISTRY),
+    "schedule": ("schedule", lambda: optim.SCHEDULES),
 }
+
+
+def family_registries() -> dict[str, Registry]:
+    """``{family: registry}`` for every family a config can name (``penalty``, ``loss``, ``optimizer``, ...)."""
+    return {family: registry() for family, registry in FIELD_FAMILIES.values()}
 
 
 def _numbers_as_floats(value: Any) -> Any:
@@ -157,7 +163,7 @@ def _canonical(cfg: RunConfig) -> dict[str, Any]:
                 filled["base"] = fill(registry, dict(base))
         return filled
 
-    for key, registry in _REGISTRIES.items():
+    for key, (_, registry) in FIELD_FAMILIES.items():
         value = data.get(key)
         if isinstance(value, dict):
             data[key] = fill(registry(), value)
@@ -212,8 +218,9 @@ def _translate(err: ValidationError) -> ConfigError:
     return ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
-#: Arguments the runner fills from the task (training-set size, class count), so a config may omit them.
-TASK_FILLED = frozenset({"num_examples", "num_classes"})
+#: Constructor arguments the runner fills from the task (training-set size, class count) when a loss, penalty or
+#: augmentation takes them and the config omits them.
+TASK_ARGUMENTS = ("num_examples", "num_classes")
 
 
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -240,7 +247,7 @@ def _check_spec(
     registry.entry(spec.name, field=f"{field}.name")
     for key, value in spec.kwargs.items():
         _check_numbers_are_numbers(value, f"{field}.{key}")
-    provided = (*provided, *(TASK_FILLED if task_filled else ()))
+    provided = (*provided, *(TASK_ARGUMENTS if task_filled else ()))
     registry.check_kwargs(spec.name, spec.kwargs, field=field, complete=True, provided=provided)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from reglab import augment, diagnostics, losses, optim, penalties, tasks
 from reglab.core import Callback, ConfigError, Penalty, ReglabError, seed_everything
-from reglab.experiments.config import RunConfig, Spec
+from reglab.experiments.config import TASK_ARGUMENTS, RunConfig, Spec
 from reglab.experiments.store import Store
 from reglab.train import Row, Trainer
 from reglab.train.device import Precision, resolve_device
@@ -34,13 +34,10 @@ class Built:
     scheduler: Any = None
 
 
-#: Constructor arguments the runner fills from the task when a loss or penalty takes them and the config omits them.
-TASK_ARGUMENTS = ("num_examples", "num_classes")
-
-
 def task_arguments(task: tasks.Task) -> dict[str, Any]:
     """The values of :data:`TASK_ARGUMENTS` for ``task``: training-set size and class count."""
-    return {"num_examples": len(task.train), "num_classes": task.num_classes}
+    values = {"num_examples": len(task.train), "num_classes": task.num_classes}
+    return {k: values[k] for k in TASK_ARGUMENTS}
 
 
 def _with_task_arguments(registry: Any, name: str, kwargs: dict[str, Any], task: tasks.Task) -> dict[str, Any]:

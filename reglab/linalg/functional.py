@@ -70,6 +70,28 @@ def on_model_device(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 @contextlib.contextmanager
+def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
+    """Extra forward passes inside this block leave normalization running statistics untouched.
+
+    Layers with ``track_running_stats`` (BatchNorm, InstanceNorm with
+    statistics) are switched off for the block, as in the reference VAT code:
+    in train mode they normalize with the batch statistics, exactly as they
+    would otherwise, and update nothing; in eval mode they still use the
+    running statistics. The one home of this rule: perturbation optimizers
+    (SAM's perturbed passes) and penalties that run extra forward passes use
+    it. Nested blocks are fine (the outermost one restores).
+    """
+    switched = [m for m in model.modules() if getattr(m, "track_running_stats", False) is True]
+    for m in switched:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every submodule's own mode afterwards."""
     modes = [(m, m.training) for m in model.modules()]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reglab.core import ConfigError
-from reglab.core.validation import check_float
+from reglab.core.validation import check_bool, check_float
 from reglab.losses.base import REGISTRY, Loss, reduce
 from reglab.losses.classification import _check_logits, soft_cross_entropy
 
@@ -198,7 +198,7 @@ class ACLS(Loss):
         self.lambda_pos = check_float("lambda_pos", lambda_pos, 0.0)
         self.lambda_neg = check_float("lambda_neg", lambda_neg, 0.0)
         self.margin = check_float("margin", margin, 0.0)
-        self.detach_max = bool(detach_max)
+        self.detach_max = check_bool("detach_max", detach_max)
 
     def regularizer(self, logits: Tensor) -> Tensor:
         """Per-example R(z) (before the weight alpha)."""

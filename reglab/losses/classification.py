@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reglab.core import ConfigError, ShapeError
-from reglab.core.validation import check_float
+from reglab.core.validation import check_bool, check_float
 from reglab.losses.base import REGISTRY, Loss, check_class_targets, reduce
 
 # -- shared helpers ------------------------------------------------------------
@@ -689,7 +689,7 @@ class CircleLoss(Loss):
         super().__init__(reduction)
         self.gamma = check_float("gamma", gamma, 0.0, low_open=True)
         self.margin = check_float("margin", margin, 0.0, 1.0)
-        self.detach_weights = bool(detach_weights)
+        self.detach_weights = check_bool("detach_weights", detach_weights)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         _check_logits(logits, targets, "circle", soft=False)

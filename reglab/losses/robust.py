@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reglab.core import ConfigError, MissingContextError, ShapeError
-from reglab.core.validation import check_float, check_int
+from reglab.core.validation import check_bool, check_float, check_int
 from reglab.losses.base import REGISTRY, Loss, check_class_targets, reduce
 from reglab.losses.classification import soft_cross_entropy
 
@@ -463,7 +463,7 @@ class Bootstrapping(Loss):
             raise ConfigError(f"mode must be one of {BOOTSTRAP_MODES}, got {mode!r}")
         self.mode = mode
         self.beta = check_float("beta", (0.95 if mode == "soft" else 0.8) if beta is None else beta, 0.0, 1.0)
-        self.detach_prediction = bool(detach_prediction)
+        self.detach_prediction = check_bool("detach_prediction", detach_prediction)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         _check_classes(logits, targets, "bootstrap")
@@ -525,7 +525,7 @@ class LDRKL(Loss):
         super().__init__(reduction)
         self.lam = check_float("lam", lam, 0.0, low_open=True)
         self.margin = check_float("margin", margin, 0.0)
-        self.normalize_logits = bool(normalize_logits)
+        self.normalize_logits = check_bool("normalize_logits", normalize_logits)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         _check_classes(logits, targets, "ldr_kl")

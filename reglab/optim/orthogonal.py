@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from reglab.core.errors import ConfigError, ShapeError
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.linalg.newton_schulz import QUINTIC, Coefficients, newton_schulz, ns_schedule
 from reglab.optim.registry import REGISTRY
 
@@ -209,12 +209,6 @@ def _empty(group: Mapping[str, Any]) -> bool:
 # --- validation helpers ------------------------------------------------------------------------------------
 
 
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def _check_betas(name: str, value: Any) -> tuple[float, float]:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ConfigError(f"{name} must be a pair (beta1, beta2), got {value!r}")
@@ -373,7 +367,7 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
                     "on it, or pass a plain parameter list (it is split by dimension)"
                 )
             flag = kinds != {False}
-        group["use_muon"] = _check_bool("use_muon", flag)
+        group["use_muon"] = check_bool("use_muon", flag)
         for p in params:
             if isinstance(p, Tensor) and p.is_complex():
                 raise ConfigError(f"{type(self).__name__} does not support complex parameters")
@@ -443,7 +437,7 @@ _MATRIX_CONSTRAINTS: dict[str, Callable[[Any], Any]] = {
     "lr": _nonneg("lr"),
     "weight_decay": _nonneg("weight_decay"),
     "momentum": _unit("momentum"),
-    "nesterov": lambda v: _check_bool("nesterov", v),
+    "nesterov": lambda v: check_bool("nesterov", v),
 }
 _NS_CONSTRAINTS: dict[str, Callable[[Any], Any]] = {
     "ns_coefficients": lambda v: _check_coefficients("ns_coefficients", v),
@@ -729,7 +723,7 @@ class AuON(OrthogonalOptimizer):
     _constraints = {
         **_MATRIX_CONSTRAINTS,
         "gamma": lambda v: check_float("gamma", v, 0.0, low_open=True),
-        "hybrid": lambda v: _check_bool("hybrid", v),
+        "hybrid": lambda v: check_bool("hybrid", v),
         "ns_coefficients": _NS_CONSTRAINTS["ns_coefficients"],
     }
 

@@ -28,12 +28,13 @@ Shared behaviour (the engine):
 - The weights are restored by copying the saved values back, so nothing of the
   perturbation is left in them (with a zero radius every method reproduces its
   base optimizer bitwise).
-- BatchNorm running statistics: pass ``model=`` and the running buffers (and
-  ``num_batches_tracked``) of every ``_BatchNorm`` module are saved after the
-  first, unperturbed forward pass and restored after the perturbed ones, so
-  they are updated once per step. Configs cannot pass a model, so a model built
-  from a config gets no such protection; build the optimizer in code with
-  ``model=`` when the model has BatchNorm.
+- BatchNorm running statistics: pass ``model=`` and the closure evaluations
+  after the first, unperturbed one run inside
+  :func:`reglab.linalg.functional.frozen_norm_stats` (normalization layers
+  use their batch statistics, as always in train mode, and update nothing),
+  so the statistics are updated once per step. Configs pass the built model
+  (``reglab.experiments.runner.build``); in code, pass ``model=`` when the
+  model has BatchNorm.
 - A non-finite loss, at the weights or at a perturbed point, or a non-finite
   direction leaves the weights as they were and skips the base step
   (``last_step_skipped`` is True); what to do next is the caller's choice. A
@@ -56,17 +57,18 @@ to the base optimizer.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from reglab.core.errors import ConfigError
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
+from reglab.linalg.functional import frozen_norm_stats
 from reglab.optim.registry import REGISTRY, build_base
 from reglab.optim.wrappers import WRAPPER_KEY, OptimizerWrapper
 
@@ -228,28 +230,6 @@ class _Unscaler:
         self._sets.clear()
 
 
-# --------------------------------------------------------------------------- BatchNorm buffers
-
-
-def _bn_snapshot(model: nn.Module | None) -> list[tuple[Tensor, Tensor]]:
-    if model is None:
-        return []
-    saved = []
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                buf = getattr(module, name, None)
-                if isinstance(buf, Tensor):
-                    saved.append((buf, buf.detach().clone()))
-    return saved
-
-
-def _bn_restore(saved: list[tuple[Tensor, Tensor]]) -> None:
-    with torch.no_grad():
-        for buf, value in saved:
-            buf.copy_(value)
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -324,8 +304,9 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
     A subclass implements :meth:`_direction`, which receives a
     :class:`Perturbation` (the gradient at the weights is ``point.grad``; more
     gradients come from ``point.grad_at(offsets)``) and returns the direction
-    to hand to the base optimizer, or None to skip the step. Weights and
-    BatchNorm buffers are restored by the engine whatever happens in between.
+    to hand to the base optimizer, or None to skip the step. Weights are
+    restored, and BatchNorm statistics left untouched, by the engine whatever
+    happens in between.
     See the module docstring for the shared contract.
 
     Args:
@@ -427,12 +408,11 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
         if not params or not _finite_loss(loss):
             return loss
         point = Perturbation(closure, params, [_take_grad(p) for p in params], unscale)
-        buffers = _bn_snapshot(self.model)
         try:
-            direction = self._direction(point)
+            with frozen_norm_stats(self.model) if self.model is not None else contextlib.nullcontext():
+                direction = self._direction(point)
         finally:
             point.move(None, force=True)
-            _bn_restore(buffers)
             self.last_evaluations = point.evaluations
         if direction is None or not _all_finite(direction):
             return loss
@@ -460,12 +440,6 @@ class PerturbationOptimizer(OptimizerWrapper, abc.ABC):
 
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be a bool (True or False), got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- SAM / ASAM
@@ -531,7 +505,7 @@ class SAM(PerturbationOptimizer):
     ):
         hyper = {
             "rho": check_float("rho", rho, 0.0),
-            "adaptive": _check_bool("adaptive", adaptive),
+            "adaptive": check_bool("adaptive", adaptive),
             "eta": check_float("eta", eta, 0.0),
         }
         super().__init__(base, hyper, model=model)
@@ -622,7 +596,7 @@ class GSAM(PerturbationOptimizer):
         hyper: dict[str, Any] = {
             "rho": rho,
             "alpha": check_float("alpha", alpha, 0.0),
-            "adaptive": _check_bool("adaptive", adaptive),
+            "adaptive": check_bool("adaptive", adaptive),
             "eta": check_float("eta", eta, 0.0),
             "rho_min": None,
             "lr_max": None,

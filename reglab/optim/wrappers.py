@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from reglab.core.errors import ConfigError
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.optim.registry import REGISTRY, build_base
 
 __all__ = ["CLASSP", "LAWN", "OptimizerWrapper", "OrthoGrad", "lawn", "ortho_grad", "orthogonal_gradient"]
@@ -218,8 +218,7 @@ class OrthoGrad(OptimizerWrapper):
 
     def __init__(self, base: torch.optim.Optimizer, *, rescale: bool = True):
         super().__init__(base)
-        if not isinstance(rescale, bool):
-            raise ConfigError(f"rescale must be a bool, got {rescale!r}")
+        check_bool("rescale", rescale)
         self.rescale = rescale
         self._require_plain_base("(which projects the gradients before the base step)")
 
@@ -315,8 +314,7 @@ class LAWN(OptimizerWrapper):
     ):
         super().__init__(base)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
-        if not isinstance(project_gradient, bool):
-            raise ConfigError(f"project_gradient must be a bool, got {project_gradient!r}")
+        check_bool("project_gradient", project_gradient)
         self.project_gradient = project_gradient
         self.apply_to = check_choice("apply_to", apply_to, ("matrices", "all"))
         if project_gradient:
@@ -444,8 +442,7 @@ class CLASSP(torch.optim.Optimizer):
         threshold = check_float("threshold", threshold, 0.0)
         power = check_float("power", power, 0.0, low_open=True)
         eps = check_float("eps", eps, 0.0, low_open=True)
-        if not isinstance(include_current, bool):
-            raise ConfigError(f"include_current must be a bool, got {include_current!r}")
+        check_bool("include_current", include_current)
         defaults = {"lr": lr, "threshold": threshold, "power": power, "eps": eps, "include_current": include_current}
         super().__init__(params, defaults)
 

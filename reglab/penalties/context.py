@@ -7,14 +7,14 @@ forward passes from touching batch-norm running statistics.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from reglab.core import ConfigError, MissingContextError, ShapeError, StepContext
+from reglab.linalg.functional import frozen_norm_stats  # noqa: F401 (re-exported for the penalties)
 
 _HOW_TO_FILL = {
     "outputs": "pass the logits as StepContext(outputs=...), or train with reglab.train.train_step, which fills "
@@ -83,25 +83,6 @@ def per_example_loss(loss_fn: Callable[..., Tensor], outputs: Tensor, targets: T
             f"of {n}; give a loss with a `reduction` argument or a function of (outputs, targets)"
         )
     return values.reshape(n, -1).mean(1) if values.ndim > 1 else values
-
-
-@contextlib.contextmanager
-def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
-    """Extra forward passes inside this block leave batch-norm running statistics untouched.
-
-    Layers with ``track_running_stats`` are switched off for the block (as in
-    the reference VAT code): in train mode they normalize with the batch
-    statistics and update nothing; in eval mode they still use the running
-    statistics.
-    """
-    switched = [m for m in model.modules() if getattr(m, "track_running_stats", False) is True]
-    for m in switched:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in switched:
-            m.track_running_stats = True
 
 
 def float_inputs(ctx: StepContext, owner: str) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from reglab.core import ConfigError, Penalty, ReglabError, ShapeError, StepContext
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.linalg.functional import on_model_device
 from reglab.penalties.norms import selected_parameters
 from reglab.penalties.registry import REGISTRY
@@ -322,8 +322,7 @@ class EWC(Penalty):
         name: str | None = None,
     ):
         super().__init__(weight, name=name)
-        if not isinstance(online, bool):
-            raise ConfigError(f"online must be a bool, got {online!r}")
+        check_bool("online", online)
         self.online = online
         self.gamma = check_float("gamma", gamma, 0.0, 1.0, low_open=True)
         self.fisher = check_choice("fisher", fisher, FISHER_KINDS)

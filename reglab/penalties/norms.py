@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from reglab.core import ConfigError, MissingContextError, Penalty, ShapeError, StepContext
-from reglab.core.validation import check_choice, check_float
+from reglab.core.validation import check_bool, check_choice, check_float
 from reglab.penalties.context import data_loss, require_fields
 from reglab.penalties.registry import REGISTRY
 
@@ -464,8 +464,7 @@ class SelectiveDecay(Penalty):
     def __init__(self, weight: float, *, params: str = "all", normalize: bool = False, name: str | None = None):
         super().__init__(weight, name=name or "lobster")
         self.params = _check_params(params)
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"normalize must be a bool, got {normalize!r}")
+        check_bool("normalize", normalize)
         self.normalize = normalize
 
     def sensitivity(self, ctx: StepContext, parameters: list[Tensor]) -> list[Tensor]:
@@ -600,8 +599,7 @@ class WeightCompander(nn.Module):
         super().__init__()
         check_float("max_abs", max_abs, 0.0, low_open=True)
         check_float("slope", slope, 0.0, low_open=True)
-        if not isinstance(learnable, bool):
-            raise ConfigError(f"learnable must be a bool, got {learnable!r}")
+        check_bool("learnable", learnable)
         log_a = torch.tensor(math.log(max_abs), dtype=dtype, device=device)
         log_slope = torch.tensor(math.log(slope), dtype=dtype, device=device)
         if learnable:
@@ -696,8 +694,7 @@ def weight_compander(
     """
     if not isinstance(module, nn.Module):
         raise ConfigError(f"weight_compander needs an nn.Module, got {type(module).__name__}")
-    if not isinstance(preserve, bool):
-        raise ConfigError(f"preserve must be a bool, got {preserve!r}")
+    check_bool("preserve", preserve)
     if parametrize.is_parametrized(module, name):
         raise ConfigError(
             f"weight_compander: {type(module).__name__}.{name} is already parametrized "

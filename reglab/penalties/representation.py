@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from reglab.core import ConfigError, MissingContextError, Penalty, ShapeError, StepContext
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.penalties.registry import REGISTRY
 
 # --------------------------------------------------------------------------- helpers
@@ -359,8 +359,7 @@ class SingularValueUniformity(Penalty):
     ):
         super().__init__(weight, name=name or "sv_uniformity")  # the registry name, not singular_value_uniformity
         self.form = check_choice("form", form, ("variance", "kl"))
-        if not isinstance(normalize, bool):
-            raise ConfigError(f"normalize must be a bool, got {normalize!r}")
+        check_bool("normalize", normalize)
         self.normalize = normalize
         self.eps = check_float("eps", eps, 0.0, low_open=True)
 
@@ -443,8 +442,7 @@ class PairwiseOrthogonality(Penalty):
             except re.error as err:
                 raise ConfigError(f"pattern {p!r} is not a valid regex: {err}") from None
         self.side = check_choice("side", side, ("rows", "columns"))
-        if not isinstance(squared, bool):
-            raise ConfigError(f"squared must be a bool, got {squared!r}")
+        check_bool("squared", squared)
         self.squared = squared
 
     def groups(self, model: nn.Module) -> dict[str, list[tuple[str, Tensor]]]:

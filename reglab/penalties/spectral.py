@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reglab.core import ConfigError, Penalty, ShapeError, StepContext
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.penalties.registry import REGISTRY
 
 __all__ = [
@@ -256,12 +256,6 @@ def _check_names(names: str | None) -> str | None:
     return names
 
 
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
 def weight_matrices(
     model: nn.Module, types: str | Iterable[str] = ("linear", "conv"), names: str | None = None
 ) -> list[tuple[str, nn.Module, Tensor]]:
@@ -473,7 +467,7 @@ class SpectralNorm(_PowerIterationPenalty):
         name: str | None = None,
     ):
         super().__init__(weight, n_power_iterations=n_power_iterations, seed=seed, types=types, names=names, name=name)
-        self.squared = _check_bool("squared", squared)
+        self.squared = check_bool("squared", squared)
 
     def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
         s = self.sigma(key, _as_matrix(weight))
@@ -613,7 +607,7 @@ class ConditionNumber(_LayerPenalty):
         name: str | None = None,
     ):
         super().__init__(weight, types=types, names=names, name=name)
-        self.log = _check_bool("log", log)
+        self.log = check_bool("log", log)
 
     def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
         s = torch.linalg.svdvals(_as_matrix(weight))
@@ -705,7 +699,7 @@ class SRIP(_PowerIterationPenalty):
         name: str | None = None,
     ):
         super().__init__(weight, n_power_iterations=n_power_iterations, seed=seed, types=types, names=names, name=name)
-        self.squared = _check_bool("squared", squared)
+        self.squared = check_bool("squared", squared)
 
     def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
         gram = _smaller_gram(_as_matrix(weight))

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from reglab.core.errors import ConfigError, closest
-from reglab.core.validation import check_int
+from reglab.core.validation import check_bool, check_int
 from reglab.tasks.base import MODELS, REGISTRY, Task
 from reglab.tasks.split import split_model
 from reglab.tasks.streaming import from_datasets
@@ -184,8 +184,8 @@ def torchvision_task(
         near = closest(str(dataset), names)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"task.dataset: torchvision has no dataset {dataset!r}{hint}")
-    if not isinstance(download, bool) or not isinstance(augment, bool):
-        raise ConfigError(f"task.download and task.augment must be true or false, got {download!r}, {augment!r}")
+    check_bool("download", download)
+    check_bool("augment", augment)
     if image_size is not None:
         check_int("image_size", image_size, 1)
     kwargs = dict(dataset_kwargs or {})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reglab.core import Callback, ConfigError
-from reglab.core.validation import check_int
+from reglab.core.validation import check_bool, check_int
 from reglab.tasks import IndexedDataset, Task, as_tensors
 
 # --- co-teaching --------------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ class LateStopping(Callback):
             raise ConfigError("keep_fraction must be in (0, 1], got 0")
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
         self.every = None if every is None else check_int("every", every, 1)
-        self.stop = bool(stop)
+        self.stop = check_bool("stop", stop)
         self.fkl: Tensor | None = None
         self.flagged: Tensor | None = None
         self.reached = False
