@@ -31,6 +31,7 @@ from torch import nn
 
 import reglab.penalties  # noqa: F401  (populates the registry with the base members)
 from reglab.core import ConfigError, PenaltySum, ShapeError, StepContext
+from reglab.linalg import singular_power_iteration
 from reglab.penalties.norms import L2
 from reglab.penalties.registry import REGISTRY
 from reglab.penalties.spectral import (
@@ -42,7 +43,6 @@ from reglab.penalties.spectral import (
     SpectralNorm,
     SpectralRegularizer,
     conv_orthogonality_loss,
-    power_iteration,
     weight_matrices,
 )
 from reglab.train import train_step
@@ -132,7 +132,7 @@ def _tan2(u, A):
     return (1 - c2) / c2
 
 
-# --- power_iteration ----------------------------------------------------------------------------------------
+# --- singular_power_iteration ----------------------------------------------------------------------------------------
 
 
 def test_power_iteration_obeys_the_convergence_bound_and_reaches_matrix_norm():
@@ -143,7 +143,7 @@ def test_power_iteration_obeys_the_convergence_bound_and_reaches_matrix_norm():
     tan2, exact = _tan2(u0, W), torch.linalg.matrix_norm(W, ord=2).item()
     errors = []
     for t in (1, 5, 20, 80, 200):
-        sigma, u, v = power_iteration(W, u0, v0, t)
+        sigma, u, v = singular_power_iteration(W, u0, v0, t)
         err = 1 - sigma.item() / exact
         assert -64 * EPS <= err <= tan2 * 0.9 ** (4 * t - 2) + 64 * EPS
         assert u.norm().item() == pytest.approx(1, abs=1e-14) and v.norm().item() == pytest.approx(1, abs=1e-14)
@@ -155,7 +155,7 @@ def test_power_iteration_obeys_the_convergence_bound_and_reaches_matrix_norm():
 def test_power_iteration_gradient_is_u_vT_and_leaves_inputs_alone():
     W = _with_spectrum((4, 3), [2.0, 1.0, 0.5]).requires_grad_()
     u0, v0 = torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    sigma, u, v = power_iteration(W, u0, v0, 60)
+    sigma, u, v = singular_power_iteration(W, u0, v0, 60)
     (grad,) = torch.autograd.grad(sigma, W)
     torch.testing.assert_close(grad, torch.outer(u, v))
     assert not u.requires_grad and torch.equal(u0, torch.ones(4, dtype=torch.float64))
@@ -164,14 +164,14 @@ def test_power_iteration_gradient_is_u_vT_and_leaves_inputs_alone():
 
 
 def test_power_iteration_zero_matrix_and_errors():
-    sigma, u, v = power_iteration(torch.zeros(3, 2), torch.ones(3), torch.ones(2), 3)
+    sigma, u, v = singular_power_iteration(torch.zeros(3, 2), torch.ones(3), torch.ones(2), 3)
     assert sigma.item() == 0 and torch.isfinite(u).all() and torch.isfinite(v).all()
     with pytest.raises(ShapeError, match=r"u must be \(3,\)"):
-        power_iteration(torch.zeros(3, 2), torch.ones(2), torch.ones(2))
+        singular_power_iteration(torch.zeros(3, 2), torch.ones(2), torch.ones(2))
     with pytest.raises(ShapeError, match="matrix"):
-        power_iteration(torch.zeros(3, 2, 1), torch.ones(3), torch.ones(2))
+        singular_power_iteration(torch.zeros(3, 2, 1), torch.ones(3), torch.ones(2))
     with pytest.raises(ConfigError, match="n_iter"):
-        power_iteration(torch.zeros(3, 2), torch.ones(3), torch.ones(2), -1)
+        singular_power_iteration(torch.zeros(3, 2), torch.ones(3), torch.ones(2), -1)
 
 
 # --- persistent power iteration in the penalties --------------------------------------------------------

@@ -39,6 +39,7 @@ from reglab.linalg.newton_schulz import (
     singular_value_band,
 )
 from reglab.linalg.operators import CURVATURES, HessianOperator, LinearOperator, MatrixOperator
+from reglab.linalg.singular import singular_power_iteration
 from reglab.linalg.spectral_clip import soft_spectral_clip, spectral_clip
 from reglab.linalg.trace import TraceResult, frobenius_norm, hutchinson, hutchpp
 
@@ -78,6 +79,7 @@ __all__ = [
     "output_vjp",
     "per_sample_gradients",
     "power_iteration",
+    "singular_power_iteration",
     "select_params",
     "soft_spectral_clip",
     "spectral_clip",

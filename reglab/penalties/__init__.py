@@ -54,7 +54,6 @@ from reglab.penalties.spectral import (
     SpectralNorm,
     SpectralRegularizer,
     conv_orthogonality_loss,
-    power_iteration,
     weight_matrices,
 )
 
@@ -88,7 +87,6 @@ __all__ = [
     "SpectralNorm",
     "SpectralRegularizer",
     "conv_orthogonality_loss",
-    "power_iteration",
     "weight_matrices",
     "EWC",
     "FISHER_KINDS",

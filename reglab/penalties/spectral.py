@@ -2,7 +2,7 @@
 
 - the largest singular value: :class:`SpectralNorm` (Yoshida & Miyato),
   :class:`SpectralRegularizer` (Lewandowski et al., keeps it near 1), both by
-  power iteration with persistent vectors (:func:`power_iteration`);
+  power iteration with persistent vectors (:func:`reglab.linalg.singular_power_iteration`);
 - the whole spectrum: :class:`NuclearNorm`, :class:`ConditionNumber`;
 - orthogonality: :class:`SoftOrthogonality` (Frobenius), :class:`SRIP`
   (spectral, by power iteration) and :class:`KernelOrthogonality`, the
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from reglab.core import ConfigError, Penalty, ShapeError, StepContext
 from reglab.core.validation import check_bool, check_choice, check_float, check_int
+from reglab.linalg.singular import singular_power_iteration
 from reglab.penalties.registry import REGISTRY
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "SpectralNorm",
     "SpectralRegularizer",
     "conv_orthogonality_loss",
-    "power_iteration",
     "weight_matrices",
 ]
 
@@ -64,79 +64,8 @@ LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
 #: Power iterations run when a layer's vectors are first created (as ``torch.nn.utils.parametrizations.spectral_norm``).
 WARMUP_ITERATIONS = 15
 
-_EPS = 1e-12  # the normalization floor of torch's spectral_norm
-
 
 # --- pure helpers ------------------------------------------------------------------------------------------
-
-
-def power_iteration(W: Tensor, u: Tensor, v: Tensor, n_iter: int = 1, *, eps: float = _EPS) -> tuple[Tensor, ...]:
-    """Largest singular value of a matrix by power iteration started from ``(u, v)``.
-
-    Each iteration is ``v <- normalize(W^T u)``, ``u <- normalize(W v)``; the
-    estimate is ``sigma = u^T W v`` with the new ``u`` and ``v`` detached, so
-    ``sigma`` is differentiable in ``W`` with gradient ``u v^T``, the gradient of
-    the exact sigma_max once ``(u, v)`` has converged to the top singular pair
-    ("Spectral Normalization for Generative Adversarial Networks", Miyato et
-    al., 2018; ``torch.nn.utils.spectral_norm``). With ``n_iter = 0`` the
-    estimate is taken at the given vectors (they should then be unit vectors).
-
-    Convergence: starting from ``u_0`` at angle theta_0 from the top left
-    singular vector, after ``t >= 1`` iterations
-    ``0 <= 1 - sigma / sigma_1 <= tan(theta_0)^2 (sigma_2 / sigma_1)^(4t - 2)``.
-
-    Example:
-        >>> W = torch.randn(5, 3)
-        >>> sigma, u, v = power_iteration(W, torch.randn(5), torch.randn(3), n_iter=50)
-
-    Args:
-        W: a matrix ``(m, n)``.
-        u: a vector ``(m,)`` (the left vector; it seeds the iteration).
-        v: a vector ``(n,)`` (used as it is only when ``n_iter = 0``).
-        n_iter: number of iterations, >= 0.
-        eps: floor of the norms divided by (a zero matrix gives sigma = 0).
-
-    Returns:
-        ``(sigma, u, v)``: the estimate (a scalar tensor) and the new vectors
-        (fresh tensors, detached, in ``W``'s dtype and device).
-
-    Raises:
-        ShapeError: ``W`` is not a matrix or the vectors do not fit it.
-        ConfigError: ``n_iter`` is not an int >= 0.
-    """
-    check_int("n_iter", n_iter, 0)
-    if W.ndim != 2:
-        raise ShapeError(f"power_iteration needs a matrix W, got shape {tuple(W.shape)}")
-    m, n = W.shape
-    if tuple(u.shape) != (m,) or tuple(v.shape) != (n,):
-        raise ShapeError(
-            f"power_iteration: W has shape {(m, n)}, so u must be ({m},) and v ({n},); "
-            f"got u {tuple(u.shape)} and v {tuple(v.shape)}"
-        )
-    return _power_iteration(W, u, v, n_iter, eps)
-
-
-def _power_iteration(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float = _EPS) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`power_iteration` without the argument checks (the returned vectors never alias the inputs)."""
-    with torch.no_grad():
-        Wd = W.detach()
-        if u.dtype != Wd.dtype or u.device != Wd.device or v.dtype != Wd.dtype or v.device != Wd.device:
-            u, v = u.to(dtype=Wd.dtype, device=Wd.device), v.to(dtype=Wd.dtype, device=Wd.device)
-        u, v = u.detach(), v.detach()
-        if n_iter == 0:
-            u, v = u.clone(), v.clone()
-        for i in range(n_iter):
-            v = _normalize(Wd.mT @ u, eps)
-            if i < n_iter - 1:
-                u = _normalize(Wd @ v, eps)
-    Wv = W @ v  # the last product carries the gradient: sigma = u^T W v with u = normalize(W v) detached
-    if n_iter > 0:
-        u = _normalize(Wv.detach(), eps)
-    return torch.dot(u, Wv), u, v
-
-
-def _normalize(x: Tensor, eps: float) -> Tensor:
-    return x / torch.linalg.vector_norm(x).clamp_min(eps)
 
 
 def _conv_fn(ndim: int):
@@ -388,7 +317,7 @@ class _PowerIterationPenalty(_LayerPenalty):
             g = torch.Generator().manual_seed((self.seed + zlib.crc32(key.encode())) % 2**63)
             u = torch.randn(m, generator=g, dtype=torch.float64).to(dtype=A.dtype, device=A.device)
             v = torch.randn(n, generator=g, dtype=torch.float64).to(dtype=A.dtype, device=A.device)
-            _, u, v = _power_iteration(A, F.normalize(u, dim=0), F.normalize(v, dim=0), WARMUP_ITERATIONS)
+            _, u, v = singular_power_iteration(A, F.normalize(u, dim=0), F.normalize(v, dim=0), WARMUP_ITERATIONS)
             self.register_buffer(ku, u)
             self.register_buffer(kv, v)
         elif u.dtype != A.dtype or u.device != A.device:
@@ -400,8 +329,8 @@ class _PowerIterationPenalty(_LayerPenalty):
         """The power-iteration estimate of sigma_max(A) for the layer ``key`` (differentiable in A)."""
         u, v = self._vectors(key, A)
         if not self.training:
-            return _power_iteration(A, u, v, 0)[0]
-        sigma, u_new, v_new = _power_iteration(A, u, v, self.n_power_iterations)
+            return singular_power_iteration(A, u, v, 0)[0]
+        sigma, u_new, v_new = singular_power_iteration(A, u, v, self.n_power_iterations)
         # store the new vectors as the buffers (fresh tensors: nothing saved for a backward pass is modified)
         self._buffers[_buffer_key("u", key)] = u_new
         self._buffers[_buffer_key("v", key)] = v_new
@@ -434,7 +363,7 @@ class SpectralNorm(_PowerIterationPenalty):
     the gradient is ``lambda * sigma * u v^T`` (u, v the top singular vectors)
     and treat a convolution kernel as the ``(out, in * k_h * k_w)`` matrix, as
     here. sigma_max is estimated by power iteration with vectors kept between
-    calls (:func:`power_iteration`; one iteration per call by default, which
+    calls (:func:`reglab.linalg.singular_power_iteration`; one iteration per call by default, which
     tracks the slowly moving weights); the gradient flows through ``u^T W v``
     with ``u, v`` detached. ``squared=False`` penalizes sum sigma_max instead
     (gradient ``lambda * u v^T``, no 1/2). Usual range: 1e-3 to 1e-1.
