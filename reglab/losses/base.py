@@ -1,12 +1,14 @@
-"""What every reglab loss shares: the ``reduction`` argument and target checks."""
+"""What every reglab loss shares: the ``reduction`` argument, target checks, soft targets and per-example state."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reglab.core import ConfigError, ShapeError
+from reglab.core import ConfigError, MissingContextError, ShapeError
 from reglab.core.registry import Registry
+from reglab.core.validation import check_int
 
 REGISTRY = Registry("loss")
 
@@ -69,3 +71,80 @@ def check_class_targets(logits: Tensor, targets: Tensor, owner: str) -> None:
             f"{owner}: class indices must be in [0, {logits.shape[1]}), got values in "
             f"[{low}, {high}] (reglab losses have no ignore_index)"
         )
+
+
+def check_logits(logits: Tensor, targets: Tensor, owner: str, *, soft: bool = True, min_classes: int = 2) -> None:
+    """:func:`check_class_targets`, then: probability targets only when ``soft``, at least ``min_classes`` classes."""
+    check_class_targets(logits, targets, owner)
+    if targets.is_floating_point() and not soft:
+        raise ShapeError(
+            f"{owner}: targets must be int class indices of shape ({logits.shape[0]},); "
+            f"probability targets are not supported by this loss, got {tuple(targets.shape)} {targets.dtype}"
+        )
+    if logits.shape[1] < min_classes:
+        raise ShapeError(f"{owner}: needs at least {min_classes} classes, got logits of shape {tuple(logits.shape)}")
+
+
+def target_probs(logits: Tensor, targets: Tensor) -> Tensor:
+    """Targets as an (n, K) distribution in the logits' dtype (one-hot for class indices)."""
+    if targets.is_floating_point():
+        return targets.to(logits.dtype)
+    return F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+
+
+class PerExampleState(Loss):
+    """Base of losses with a per-example buffer of shape (num_examples, num_classes), keyed by dataset index."""
+
+    needs = frozenset({"indices"})
+
+    def __init__(self, num_examples: int, num_classes: int, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.num_examples = check_int("num_examples", num_examples, 1)
+        self.num_classes = check_int("num_classes", num_classes, 2)
+
+    def _check_batch(self, logits: Tensor, targets: Tensor, indices: Tensor | None, owner: str) -> Tensor:
+        """Validate a batch and return its indices as a long tensor on the buffers' device."""
+        check_class_targets(logits, targets, owner)
+        if logits.shape[1] != self.num_classes:
+            raise ShapeError(f"{owner}: built for num_classes={self.num_classes}, got logits {tuple(logits.shape)}")
+        if indices is None:
+            raise MissingContextError(
+                f"{owner} keeps per-example state and needs indices=: call loss(logits, targets, indices=idx) with "
+                "the batch's dataset indices, or train with batches (x, y, indices)"
+            )
+        if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
+            raise ShapeError(f"{owner}: indices must be an integer tensor, got {getattr(indices, 'dtype', indices)!r}")
+        if indices.shape != (logits.shape[0],):
+            raise ShapeError(
+                f"{owner}: indices must have shape ({logits.shape[0]},), one per example, got {tuple(indices.shape)}"
+            )
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_examples):
+            raise ConfigError(
+                f"{owner}: indices must be dataset indices in [0, num_examples={self.num_examples}), got values in "
+                f"[{int(indices.min())}, {int(indices.max())}]; build the loss with num_examples = len(task.train)"
+            )
+        self._follow_dtype(logits)
+        return indices.long()
+
+    def _write_rows(self, buffer: Tensor, idx: Tensor, rows: Tensor) -> None:
+        """``buffer[idx] = rows`` where a repeated index takes its last row, on every device.
+
+        Plain advanced-index assignment leaves the winner of repeated indices to
+        the backend (the last on CPU, the first on CUDA); writing each index once
+        makes the state the same everywhere.
+        """
+        order = torch.arange(len(idx), device=idx.device)
+        last = torch.full((self.num_examples,), -1, dtype=torch.long, device=idx.device)
+        last = last.scatter_reduce(0, idx, order, reduce="amax")
+        keep = last[idx] == order
+        buffer[idx[keep]] = rows[keep].to(buffer.dtype)
+
+    def _follow_dtype(self, logits: Tensor) -> None:
+        """Keep floating buffers at the logits' precision when that is higher (float64 logits -> float64 state)."""
+        for buf in self.buffers():
+            if buf.is_floating_point() and torch.finfo(buf.dtype).bits < torch.finfo(logits.dtype).bits:
+                self.to(logits.dtype)
+                return
+
+    def extra_repr(self) -> str:
+        return f"num_examples={self.num_examples}, num_classes={self.num_classes}, {super().extra_repr()}"

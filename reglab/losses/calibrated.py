@@ -13,8 +13,8 @@ from torch import Tensor
 
 from reglab.core import ConfigError
 from reglab.core.validation import check_bool, check_float
-from reglab.losses.base import REGISTRY, Loss, reduce
-from reglab.losses.classification import _check_logits, soft_cross_entropy
+from reglab.losses.base import REGISTRY, Loss, check_logits, reduce
+from reglab.losses.classification import soft_cross_entropy
 
 
 def _as_probs(logits: Tensor, targets: Tensor) -> Tensor:
@@ -78,7 +78,7 @@ class TSLA(Loss):
         return int(self.step) < self.switch_step
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "tsla", min_classes=1)
+        check_logits(logits, targets, "tsla", min_classes=1)
         eps = self.smoothing if self.smoothing_active else 0.0
         if self.training:
             with torch.no_grad():
@@ -132,7 +132,7 @@ class MaxSup(Loss):
         self.alpha = check_float("alpha", alpha, 0.0)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "max_suppression", min_classes=1)
+        check_logits(logits, targets, "max_suppression", min_classes=1)
         ce = soft_cross_entropy(logits, _as_probs(logits, targets))
         penalty = logits.max(dim=1).values - logits.mean(dim=1)
         return reduce(ce + self.alpha * penalty, self.reduction)
@@ -211,7 +211,7 @@ class ACLS(Loss):
         return self.lambda_pos * pos + self.lambda_neg * gaps.sum(dim=1) / (k - 1)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "acls")
+        check_logits(logits, targets, "acls")
         ce = soft_cross_entropy(logits, _as_probs(logits, targets))
         return reduce(ce + self.alpha * self.regularizer(logits), self.reduction)
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reglab.core import ConfigError, ShapeError
+from reglab.core import ConfigError
 from reglab.core.validation import check_bool, check_float
-from reglab.losses.base import REGISTRY, Loss, check_class_targets, reduce
+from reglab.losses.base import REGISTRY, Loss, check_class_targets, check_logits, reduce
 
 # -- shared helpers ------------------------------------------------------------
 
@@ -32,18 +32,6 @@ def _class_weights(name: str, weight: Sequence[float] | Tensor | None) -> Tensor
     if w.ndim != 1 or not torch.isfinite(w).all() or (w < 0).any():
         raise ConfigError(f"{name} must be a 1-D sequence of finite non-negative class weights, got {weight}")
     return w
-
-
-def _check_logits(logits: Tensor, targets: Tensor, owner: str, *, soft: bool = True, min_classes: int = 2) -> None:
-    """Shape checks shared by the losses below (see :func:`check_class_targets`)."""
-    check_class_targets(logits, targets, owner)
-    if targets.is_floating_point() and not soft:
-        raise ShapeError(
-            f"{owner}: targets must be int class indices of shape ({logits.shape[0]},); "
-            f"probability targets are not supported by this loss, got {tuple(targets.shape)} {targets.dtype}"
-        )
-    if logits.shape[1] < min_classes:
-        raise ShapeError(f"{owner}: needs at least {min_classes} classes, got logits of shape {tuple(logits.shape)}")
 
 
 def _expect(per_class: Tensor, targets: Tensor) -> Tensor:
@@ -215,7 +203,7 @@ class PolyLoss(Loss):
         self.epsilon = check_float("epsilon", epsilon, -1.0)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "poly1", min_classes=1)
+        check_logits(logits, targets, "poly1", min_classes=1)
         if not targets.is_floating_point():
             logp_y = -F.cross_entropy(logits, targets, reduction="none")
             return reduce(-logp_y - self.epsilon * torch.expm1(logp_y), self.reduction)
@@ -265,7 +253,7 @@ class FocalLoss(Loss):
         self.register_buffer("alpha", _class_weights("alpha", alpha))
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "focal")
+        check_logits(logits, targets, "focal")
         if self.alpha is not None and self.alpha.numel() != logits.shape[1]:
             raise ConfigError(f"alpha has {self.alpha.numel()} entries but the logits have {logits.shape[1]} classes")
         alpha = None if self.alpha is None else self.alpha.to(logits.dtype)
@@ -327,7 +315,7 @@ class EncouragingLoss(Loss):
         self.log_end = check_float("log_end", log_end, 0.0, 1.0, low_open=True)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "encouraging")
+        check_logits(logits, targets, "encouraging")
         if targets.is_floating_point():
             logp, log1m_p = F.log_softmax(logits, dim=1), log1m_softmax(logits)
         else:
@@ -374,7 +362,7 @@ class Squentropy(Loss):
     soft_targets = True
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "squentropy")
+        check_logits(logits, targets, "squentropy")
         k = logits.shape[1]
         if not targets.is_floating_point():
             # mask the target column rather than subtract z_y^2, which cancels when z_y dominates
@@ -434,7 +422,7 @@ class CompSumLoss(Loss):
         return torch.expm1((1.0 - self.tau) * ce) / (1.0 - self.tau)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "comp_sum")
+        check_logits(logits, targets, "comp_sum")
         nll = -F.log_softmax(logits, dim=1)
         if targets.is_floating_point():
             q = targets.to(logits.dtype)
@@ -494,7 +482,7 @@ class SphericalZLoss(Loss):
         self.b = check_float("b", b)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "z_loss", min_classes=3)
+        check_logits(logits, targets, "z_loss", min_classes=3)
         centered = logits - logits.mean(dim=1, keepdim=True)
         var = centered.square().mean(dim=1, keepdim=True)
         z = centered / var.clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
@@ -569,7 +557,7 @@ class StableMaxCrossEntropy(Loss):
     soft_targets = True
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "stablemax_ce", min_classes=1)
+        check_logits(logits, targets, "stablemax_ce", min_classes=1)
         logp = log_stablemax(logits.to(torch.float64), dim=1)
         return reduce(_expect(-logp, targets), self.reduction).to(logits.dtype)
 
@@ -629,7 +617,7 @@ class SparsemaxLoss(Loss):
     soft_targets = True
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "sparsemax", min_classes=1)
+        check_logits(logits, targets, "sparsemax", min_classes=1)
         tau = _sparsemax_threshold(logits)
         p = (logits - tau).clamp_min(0)
         half_sq = 0.5 * (p * (logits + tau)).sum(dim=1)
@@ -692,7 +680,7 @@ class CircleLoss(Loss):
         self.detach_weights = check_bool("detach_weights", detach_weights)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_logits(logits, targets, "circle", soft=False)
+        check_logits(logits, targets, "circle", soft=False)
         s = logits.clamp(-1.0, 1.0)
         m = self.margin
         positive = torch.zeros_like(s, dtype=torch.bool).scatter_(1, targets.unsqueeze(1), True)

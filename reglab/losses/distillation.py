@@ -17,13 +17,12 @@ from torch import Tensor, nn
 
 from reglab.core import ConfigError, MissingContextError, ShapeError
 from reglab.core.validation import check_float, check_int
-from reglab.losses.base import REGISTRY, reduce
+from reglab.losses.base import REGISTRY, PerExampleState, reduce, target_probs
 from reglab.losses.classification import soft_cross_entropy
-from reglab.losses.robust import _PerExampleState, _target_probs
 
 
 @REGISTRY.register("ps_kd")
-class PSKD(_PerExampleState):
+class PSKD(PerExampleState):
     """Progressive self-knowledge distillation: CE against (1 - alpha_t) onehot(y) + alpha_t p_prev(x).
 
     .. math:: \\tilde q_i = (1 - \\alpha_t)\\,q_i + \\alpha_t\\, p^{\\text{prev}}_i, \\qquad
@@ -92,7 +91,7 @@ class PSKD(_PerExampleState):
 
     def mixed_targets(self, targets: Tensor, indices: Tensor, like: Tensor) -> Tensor:
         """The distillation targets (1 - alpha_t) q + alpha_t p_prev for a batch, in ``like``'s dtype."""
-        q = _target_probs(like, targets)
+        q = target_probs(like, targets)
         idx = indices.long()
         seen = (self.visits[idx] > 0)[:, None]
         previous = torch.where(seen, self.predictions[idx].to(q.dtype), q)
@@ -113,7 +112,7 @@ class PSKD(_PerExampleState):
 
 
 @REGISTRY.register("xi_distill")
-class TeacherGuidedDistillation(_PerExampleState):
+class TeacherGuidedDistillation(PerExampleState):
     """Self-distillation xi * CE(teacher probs, student) + (1 - xi) * CE(labels, student); xi may exceed 1.
 
     .. math:: \\ell_i = \\xi\\,\\mathrm{CE}(z_i, t_i) + (1 - \\xi)\\,\\mathrm{CE}(z_i, q_i)
@@ -234,7 +233,7 @@ class TeacherGuidedDistillation(_PerExampleState):
                 f"xi_distill: no teacher probabilities for {int(missing.sum())} examples of the batch (indices "
                 f"{shown}...); call set_teacher(probs) or set_teacher_model(teacher, task_inputs) before training"
             )
-        q = _target_probs(logits, targets)
+        q = target_probs(logits, targets)
         mixed = self.xi * self.teacher_probs[idx].to(q.dtype) + (1.0 - self.xi) * q
         return reduce(soft_cross_entropy(logits, mixed), self.reduction)
 

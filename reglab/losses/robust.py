@@ -18,88 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reglab.core import ConfigError, MissingContextError, ShapeError
-from reglab.core.validation import check_bool, check_float, check_int
-from reglab.losses.base import REGISTRY, Loss, check_class_targets, reduce
+from reglab.core import ConfigError, ShapeError
+from reglab.core.validation import check_bool, check_float
+from reglab.losses.base import REGISTRY, Loss, PerExampleState, check_logits, reduce, target_probs
 from reglab.losses.classification import soft_cross_entropy
-
-# --- shared helpers (also used by reglab.losses.distillation) --------------------------------------
-
-
-def _target_probs(logits: Tensor, targets: Tensor) -> Tensor:
-    """Targets as an (n, K) distribution in the logits' dtype (one-hot for class indices)."""
-    if targets.is_floating_point():
-        return targets.to(logits.dtype)
-    return F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-
-
-def _check_classes(logits: Tensor, targets: Tensor, owner: str) -> None:
-    check_class_targets(logits, targets, owner)
-    if logits.shape[1] < 2:
-        raise ShapeError(f"{owner}: needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
 
 
 def _hard_only(targets: Tensor, owner: str) -> None:
     if targets.is_floating_point():
         raise ShapeError(f"{owner}: needs class-index targets of shape (n,), got probabilities {tuple(targets.shape)}")
-
-
-class _PerExampleState(Loss):
-    """Base of losses with a per-example buffer of shape (num_examples, num_classes), keyed by dataset index."""
-
-    needs = frozenset({"indices"})
-
-    def __init__(self, num_examples: int, num_classes: int, reduction: str = "mean"):
-        super().__init__(reduction)
-        self.num_examples = check_int("num_examples", num_examples, 1)
-        self.num_classes = check_int("num_classes", num_classes, 2)
-
-    def _check_batch(self, logits: Tensor, targets: Tensor, indices: Tensor | None, owner: str) -> Tensor:
-        """Validate a batch and return its indices as a long tensor on the buffers' device."""
-        check_class_targets(logits, targets, owner)
-        if logits.shape[1] != self.num_classes:
-            raise ShapeError(f"{owner}: built for num_classes={self.num_classes}, got logits {tuple(logits.shape)}")
-        if indices is None:
-            raise MissingContextError(
-                f"{owner} keeps per-example state and needs indices=: call loss(logits, targets, indices=idx) with "
-                "the batch's dataset indices, or train with batches (x, y, indices)"
-            )
-        if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
-            raise ShapeError(f"{owner}: indices must be an integer tensor, got {getattr(indices, 'dtype', indices)!r}")
-        if indices.shape != (logits.shape[0],):
-            raise ShapeError(
-                f"{owner}: indices must have shape ({logits.shape[0]},), one per example, got {tuple(indices.shape)}"
-            )
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_examples):
-            raise ConfigError(
-                f"{owner}: indices must be dataset indices in [0, num_examples={self.num_examples}), got values in "
-                f"[{int(indices.min())}, {int(indices.max())}]; build the loss with num_examples = len(task.train)"
-            )
-        self._follow_dtype(logits)
-        return indices.long()
-
-    def _write_rows(self, buffer: Tensor, idx: Tensor, rows: Tensor) -> None:
-        """``buffer[idx] = rows`` where a repeated index takes its last row, on every device.
-
-        Plain advanced-index assignment leaves the winner of repeated indices to
-        the backend (the last on CPU, the first on CUDA); writing each index once
-        makes the state the same everywhere.
-        """
-        order = torch.arange(len(idx), device=idx.device)
-        last = torch.full((self.num_examples,), -1, dtype=torch.long, device=idx.device)
-        last = last.scatter_reduce(0, idx, order, reduce="amax")
-        keep = last[idx] == order
-        buffer[idx[keep]] = rows[keep].to(buffer.dtype)
-
-    def _follow_dtype(self, logits: Tensor) -> None:
-        """Keep floating buffers at the logits' precision when that is higher (float64 logits -> float64 state)."""
-        for buf in self.buffers():
-            if buf.is_floating_point() and torch.finfo(buf.dtype).bits < torch.finfo(logits.dtype).bits:
-                self.to(logits.dtype)
-                return
-
-    def extra_repr(self) -> str:
-        return f"num_examples={self.num_examples}, num_classes={self.num_classes}, {super().extra_repr()}"
 
 
 # --- normalized and symmetric losses (Ma et al. 2020; Wang et al. 2019) ----------------------------
@@ -163,8 +90,8 @@ class NormalizedCrossEntropy(Loss):
     soft_targets = True
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "nce")
-        return reduce(_nce(logits, _target_probs(logits, targets)), self.reduction)
+        check_logits(logits, targets, "nce")
+        return reduce(_nce(logits, target_probs(logits, targets)), self.reduction)
 
 
 @REGISTRY.register("rce")
@@ -201,8 +128,8 @@ class ReverseCrossEntropy(Loss):
         self.log_zero = check_float("log_zero", log_zero, high=0.0, high_open=True)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "rce")
-        return reduce(_rce(logits, _target_probs(logits, targets), self.log_zero), self.reduction)
+        check_logits(logits, targets, "rce")
+        return reduce(_rce(logits, target_probs(logits, targets), self.log_zero), self.reduction)
 
     def extra_repr(self) -> str:
         return f"log_zero={self.log_zero:g}, {super().extra_repr()}"
@@ -235,7 +162,7 @@ class MAE(Loss):
     soft_targets = True
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "mae")
+        check_logits(logits, targets, "mae")
         return reduce(_mae(logits, targets), self.reduction)
 
 
@@ -274,10 +201,10 @@ class GeneralizedCrossEntropy(Loss):
         self.q = check_float("q", q, 0.0, 1.0, low_open=True)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "gce")
+        check_logits(logits, targets, "gce")
         logp = F.log_softmax(logits, dim=1)
         per_class = -torch.expm1(self.q * logp) / self.q
-        return reduce((_target_probs(logits, targets) * per_class).sum(1), self.reduction)
+        return reduce((target_probs(logits, targets) * per_class).sum(1), self.reduction)
 
     def extra_repr(self) -> str:
         return f"q={self.q:g}, {super().extra_repr()}"
@@ -320,8 +247,8 @@ class SymmetricCrossEntropy(Loss):
         self.log_zero = check_float("log_zero", log_zero, high=0.0, high_open=True)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "sce")
-        q = _target_probs(logits, targets)
+        check_logits(logits, targets, "sce")
+        q = target_probs(logits, targets)
         values = self.alpha * soft_cross_entropy(logits, q) + self.beta * _rce(logits, q, self.log_zero)
         return reduce(values, self.reduction)
 
@@ -397,8 +324,8 @@ class ActivePassiveLoss(Loss):
 
     def parts(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Unweighted per-example (active, passive) values."""
-        _check_classes(logits, targets, "apl")
-        q = _target_probs(logits, targets)
+        check_logits(logits, targets, "apl")
+        q = target_probs(logits, targets)
         if self.active == "nce":
             active = _nce(logits, q)
         elif self.active == "ce":
@@ -466,7 +393,7 @@ class Bootstrapping(Loss):
         self.detach_prediction = check_bool("detach_prediction", detach_prediction)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "bootstrap")
+        check_logits(logits, targets, "bootstrap")
         logp = F.log_softmax(logits, dim=1)
         if self.mode == "soft":
             own = logp.exp()
@@ -474,7 +401,7 @@ class Bootstrapping(Loss):
                 own = own.detach()
         else:
             own = F.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype)
-        mixed = self.beta * _target_probs(logits, targets) + (1.0 - self.beta) * own
+        mixed = self.beta * target_probs(logits, targets) + (1.0 - self.beta) * own
         return reduce(-(mixed * logp).sum(1), self.reduction)
 
     def extra_repr(self) -> str:
@@ -528,7 +455,7 @@ class LDRKL(Loss):
         self.normalize_logits = check_bool("normalize_logits", normalize_logits)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        _check_classes(logits, targets, "ldr_kl")
+        check_logits(logits, targets, "ldr_kl")
         _hard_only(targets, "ldr_kl")
         z = logits
         if self.normalize_logits:
@@ -551,7 +478,7 @@ ELR_CLAMP = 1e-4
 
 
 @REGISTRY.register("elr")
-class ELR(_PerExampleState):
+class ELR(PerExampleState):
     """Early-learning regularization: CE plus lambda * log(1 - <p_i, t_i>) toward a running average t_i of p_i.
 
     .. math:: t_i \\leftarrow \\beta\\, t_i + (1-\\beta)\\, \\frac{\\bar p_i}{\\sum_k \\bar p_{ik}}, \\qquad
@@ -607,7 +534,7 @@ class ELR(_PerExampleState):
                 rows = self.running_targets[idx]
                 self._write_rows(self.running_targets, idx, self.beta * rows + (1.0 - self.beta) * p_bar.to(rows.dtype))
         t = self.running_targets[idx].to(logits.dtype)
-        ce = soft_cross_entropy(logits, _target_probs(logits, targets))
+        ce = soft_cross_entropy(logits, target_probs(logits, targets))
         values = ce + self.lam * torch.log1p(-(t * p).sum(1))
         return reduce(values, self.reduction)
 
