@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from reglab import tasks
 from reglab.core import ConfigError, UnknownNameError
 from reglab.experiments.config import deep_merge, load_config, parse_config
+from reglab.experiments.runner import check_buildable
 from reglab.experiments.study import parse_study
+from reglab.penalties import L2
 
 BASE = {"task": {"name": "two_moons", "n": 100, "n_test": 50}, "train": {"steps": 5}}
 
@@ -183,3 +187,43 @@ def test_a_wrappers_base_is_hashed_with_its_defaults():
     }
     assert len(same) == 1
     assert h({"name": "sam", "base": {"name": "sgd", "lr": 0.2}}) not in same
+
+
+# --- bad values fail early, naming the field -----------------------------------------------------
+
+BAD_VALUES_BASE = {"task": {"name": "two_moons", "n": 100, "n_test": 50}, "train": {"steps": 5}}
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"optimizer": {"name": "sgd", "lr": "1e-3"}}, r"optimizer\.lr: '1e-3' is text, not a number"),
+        ({"penalties": [{"name": "l2", "weight": "1e-4"}]}, r"penalties\[0\]\.weight: '1e-4' is text"),
+        ({"train": {"batch_size": 0}}, r"train\.batch_size"),
+        ({"train": {"steps": True}}, r"train\.steps"),
+        ({"train": {"seed": 2**70}}, r"train\.seed"),
+    ],
+)
+def test_bad_values_fail_at_parse_time_with_the_field(patch, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(deep_merge(BAD_VALUES_BASE, patch))
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"transforms": [{"name": "label_noise", "rate": 1.5}]}, r"transforms\[0\]: rate must be in \[0, 1\)"),
+        ({"penalties": [{"name": "l2", "weight": -1.0}]}, r"penalties\[0\]: L2 weight must be >= 0"),
+        ({"model": {"name": "mlp", "width": 0}}, r"model: width must be an int >= 1"),
+        ({"optimizer": {"name": "sgd", "lr": -1.0}}, r"optimizer: Invalid learning rate"),
+    ],
+)
+def test_bad_values_fail_before_training_with_run_and_field(patch, message):
+    cfg = parse_config(deep_merge(BAD_VALUES_BASE, {"name": "r", **patch}))
+    with pytest.raises(ConfigError, match=r"run 'r' \(seed 0\): " + message):
+        check_buildable([cfg])
+
+
+def test_numpy_scalars_are_accepted():
+    assert L2(np.float64(0.1)).weight == pytest.approx(0.1)
+    assert len(tasks.subset(tasks.get("two_moons", n=100, n_test=50), np.int64(5)).train) == 5

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from reglab import augment, diagnostics, losses, optim, penalties, tasks
-from reglab.core import ConfigError, Penalty, PenaltySum, Registry, StepContext, UnknownNameError, seed_everything
+from reglab.core import (
+    ConfigError,
+    Penalty,
+    PenaltySum,
+    Registry,
+    StepContext,
+    UnknownNameError,
+    seed_everything,
+)
 from reglab.core.penalty import snake_case
+from reglab.losses import CrossEntropy
 from reglab.penalties import L1, L2, L2ToInit
+from reglab.train import train_step
 
 
 def _sq(model):
@@ -192,3 +203,28 @@ def test_check_bool_refuses_what_it_used_to_coerce():
         CircleLoss(detach_weights=1)
     with pytest.raises(ConfigError, match="stop must be a bool"):
         LateStopping(stop="no")
+
+
+# --- penalty algebra: edge cases ---------------------------------------------------------------
+
+
+def test_scaling_a_sum_with_one_object_twice_scales_it_once(ctx):
+    p = L2(1.0)
+    torch.testing.assert_close(((p + p) * 2)(ctx), 4 * p(ctx))
+    assert p.weight == 1.0
+
+
+def test_adding_zero_and_penalty_zero_mean_no_penalty(tiny):
+    p = L2(0.5)
+    assert (p + 0) is p and (0 + p) is p
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    record = train_step(tiny, (x, y), CrossEntropy(), torch.optim.SGD(tiny.parameters(), lr=0.1), sum([]))
+    assert "objective" in record and not any(k.startswith("penalty/") for k in record)
+    with pytest.raises(ConfigError, match="penalty must be a reglab Penalty"):
+        train_step(tiny, (x, y), CrossEntropy(), torch.optim.SGD(tiny.parameters(), lr=0.1), "l2")
+
+
+def test_multiplying_by_a_non_number_is_a_type_error():
+    with pytest.raises(TypeError):
+        L2(1.0) * L2(1.0)
+    assert (L2(1.0) * np.float32(2.0)).weight == 2.0 and (L2(1.0) * torch.tensor(3.0)).weight == 3.0

@@ -79,3 +79,99 @@ def test_errors_name_the_argument(batch):
         CrossEntropy()(z, y.float())
     with pytest.raises(ConfigError, match="3 entries but the logits have 4"):
         CrossEntropy(weight=[1.0, 1.0, 1.0])(z, y)
+
+
+# --- dtype, index and soft-target edge cases ---------------------------------------------------
+
+
+def test_squentropy_hard_targets_do_not_cancel():
+    from reglab.losses import Squentropy
+
+    z = torch.tensor([[1e4, 30.0]])
+    value = Squentropy(reduction="none")(z, torch.tensor([0]))
+    ce = torch.nn.functional.cross_entropy(z, torch.tensor([0]), reduction="none")
+    torch.testing.assert_close(value, ce + 900.0)
+
+
+def test_repeated_index_in_a_batch_keeps_the_last_row():
+    from reglab.losses import ELR
+
+    loss = ELR(num_examples=4, num_classes=3, beta=0.5)
+    z = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)
+    loss(z, torch.tensor([0, 2]), indices=torch.tensor([1, 1]))
+    p = z[1].softmax(0).clamp(1e-4, 1 - 1e-4)
+    torch.testing.assert_close(loss.running_targets[1], 0.5 * p / p.sum())
+
+
+def test_state_follows_float64_logits():
+    from reglab.losses import PSKD
+
+    loss = PSKD(num_examples=3, num_classes=3, total_epochs=2)
+    loss(torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1]), indices=torch.tensor([0, 2]))
+    assert loss.predictions.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "targets", [torch.tensor([0, -100]), torch.tensor([0, 3]), torch.tensor([0, 1], dtype=torch.int32)]
+)
+def test_class_targets_must_be_int64_in_range(targets):
+    from reglab.losses import CrossEntropy, PolyLoss
+
+    for loss in (CrossEntropy(), PolyLoss()):
+        with pytest.raises(ShapeError, match="targets must be int64|class indices must be in"):
+            loss(torch.randn(2, 3), targets)
+
+
+def test_soft_targets_do_not_promote_the_output_dtype():
+    from reglab.losses import CrossEntropy, LabelSmoothingCrossEntropy
+
+    z, q = torch.randn(2, 3), torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    assert CrossEntropy()(z, q).dtype == torch.float32 == LabelSmoothingCrossEntropy()(z, q).dtype
+
+
+def test_teacher_probabilities_must_be_finite():
+    from reglab.losses import TeacherGuidedDistillation
+
+    loss = TeacherGuidedDistillation(num_examples=2, num_classes=2)
+    with pytest.raises(ConfigError, match="teacher probs"):
+        loss.set_teacher(torch.tensor([[float("nan"), 1.0], [0.5, 0.5]]))
+
+
+def _loss_call(name, k, n):
+    import inspect
+
+    from reglab import losses
+
+    params = inspect.signature(losses.REGISTRY.entry(name).factory).parameters
+    extra = {"num_examples": n, "num_classes": k, "total_epochs": 2, "switch_step": 1}
+    loss = losses.get(name, **{key: v for key, v in extra.items() if key in params})
+    if hasattr(loss, "set_teacher"):
+        loss.set_teacher(torch.full((n, k), 1.0 / k, dtype=torch.float64))
+    if "indices" in loss.needs:
+        return loss, lambda z, t: loss(z, t, indices=torch.arange(n))
+    return loss, loss
+
+
+def _soft_target_losses():
+    from reglab import losses
+
+    return [n for n in losses.REGISTRY.names() if getattr(losses.REGISTRY.entry(n).factory, "soft_targets", False)]
+
+
+def test_the_soft_target_losses_are_the_expected_ones():
+    assert {"cross_entropy", "label_smoothing", "elr", "nce", "xi_distill"} <= set(_soft_target_losses())
+    assert "ldr_kl" not in _soft_target_losses() and "circle" not in _soft_target_losses()
+
+
+@pytest.mark.parametrize("name", _soft_target_losses())
+def test_a_loss_declaring_soft_targets_gives_the_hard_value_on_one_hot_targets(name):
+    """Capability test driven by the registry: soft_targets=True means one-hot probabilities == class indices."""
+    k, n = 4, 5
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, k, generator=g, dtype=torch.float64)
+    y = torch.randint(0, k, (n,), generator=g)
+    loss, call = _loss_call(name, k, n)
+    loss.eval()  # no state updates between the two calls
+    hard = call(z, y)
+    soft = call(z, torch.nn.functional.one_hot(y, k).double())
+    torch.testing.assert_close(soft, hard)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from reglab import tasks
-from reglab.core import Callback, MissingContextError, Penalty
-from reglab.losses import CrossEntropy, Loss
+from reglab.core import Callback, ConfigError, MissingContextError, Penalty, ShapeError
+from reglab.diagnostics import WeightNormProbe
+from reglab.losses import MSE, CrossEntropy, Loss
 from reglab.penalties import L2
 from reglab.train import Trainer, train_step
 
@@ -270,9 +271,77 @@ def test_callbacks_order_and_stop():
     ],
 )
 def test_trainer_argument_errors(kwargs, field):
-    from reglab.core import ConfigError
 
     task = tasks.get("two_moons", n=100, n_test=50)
     model = task.make_model(width=8)
     with pytest.raises(ConfigError, match=field):
         Trainer(task, model, CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+# --- trainer edge cases ------------------------------------------------------------------------
+
+
+def test_lbfgs_is_driven_with_a_closure(tiny):
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 3, (8,))
+    before = CrossEntropy()(tiny(x), y).item()
+    train_step(tiny, (x, y), CrossEntropy(), torch.optim.LBFGS(tiny.parameters(), lr=0.5, max_iter=5))
+    assert CrossEntropy()(tiny(x), y).item() < before
+
+
+def test_float64_model_trains_on_a_float32_task():
+    torch.manual_seed(0)
+    task = tasks.get("two_moons", n=100, n_test=50)
+    model = task.make_model(width=8).double()
+    result = Trainer(task, model, CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), steps=3).fit()
+    assert result.status == "done"
+
+
+def test_regression_output_shape_mismatch_is_an_error():
+    task = tasks.get("teacher_student", d=3, n=20, n_test=10)
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.lin(x).squeeze(1)
+
+    model = Flat()
+    with pytest.raises(ShapeError, match=r"must output \(n, 1\)"):
+        Trainer(task, model, MSE(), torch.optim.SGD(model.parameters(), lr=0.1), steps=0).evaluate()
+
+
+def test_all_flipped_training_set_is_not_divergence():
+    task = tasks.subset(tasks.with_label_noise(tasks.get("two_moons", n=100, n_test=50), 0.9, seed=0), 3, seed=0)
+    assert bool(task.flipped.all())
+    model = task.make_model(width=8)
+    result = Trainer(
+        task, model, CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), steps=4, batch_size=3, eval_every=2
+    ).fit()
+    assert result.status == "done"
+
+
+def test_probe_measures_at_the_last_step():
+    task = tasks.get("two_moons", n=100, n_test=50)
+    model = task.make_model(width=8)
+    result = Trainer(
+        task,
+        model,
+        CrossEntropy(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        steps=5,
+        batch_size=10,
+        callbacks=[WeightNormProbe(every=2)],
+    ).fit()
+    assert [s for s, split, *_ in result.history if split == "probe"] == [0, 2, 4, 5]
+
+
+def test_fit_twice_starts_a_fresh_history():
+    task = tasks.get("two_moons", n=100, n_test=50)
+    model = task.make_model(width=8)
+    trainer = Trainer(task, model, CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), steps=2)
+    first = trainer.fit()
+    n_first = len(first.history)
+    second = trainer.fit()  # continues at step 2 = steps: one evaluation, nothing appended to the first result
+    assert len(first.history) == n_first and {row[0] for row in second.history} == {2}
