@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reglab.augment.erasing import _check_generator, _uniform
+from reglab.augment.draws import check_generator, uniform_draws
 from reglab.core import Callback, ConfigError, ShapeError
 from reglab.core.validation import check_bool, check_choice, check_float, check_int
 
@@ -252,7 +252,7 @@ class MultiSampleDropoutHead(nn.Module):
         self.head = head
         self.p = check_float("p", p, 0.0, 1.0, high_open=True)
         self.n_samples = check_int("n_samples", n_samples, 1)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
 
     def samples(self, h: Tensor) -> Tensor:
         """The M head outputs z_m = head(dropout_m(h)), stacked: shape (M, n, ...); in eval mode all equal head(h)."""
@@ -361,12 +361,12 @@ class NestedDropout(nn.Module):
         self.sigma = check_float("sigma", sigma, 0.0, low_open=True)
         check_bool("per_example", per_example)
         self.per_example = per_example
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
         self.last_kept: Tensor | None = None
 
     def sample_kept(self, count: int, units: int) -> Tensor:
         """``count`` draws of b in {1, ..., units} (int64, CPU)."""
-        u = _uniform((count,), self.generator)
+        u = uniform_draws((count,), self.generator)
         if self.distribution == "geometric":
             if self.p == 1.0:
                 return torch.ones(count, dtype=torch.long)

@@ -15,55 +15,13 @@ attributes (``last_centers``, ``last_boxes``) for logging and tests.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
+from reglab.augment.draws import check_generator, randint_from_uniform, spatial_dims, uniform_draws
 from reglab.augment.registry import REGISTRY
-from reglab.core import ConfigError, ShapeError
+from reglab.core import ConfigError
 from reglab.core.validation import check_choice, check_float, check_int
-
-# -- helpers shared with reglab.augment.mixing ----------------------------------------------------------
-
-
-def _check_generator(generator: Any) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
-
-
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    """U[0, 1) draws in float64 on the CPU, from ``generator`` or torch's global generator."""
-    if generator is None:
-        return torch.rand(shape, dtype=torch.float64)
-    return torch.rand(shape, dtype=torch.float64, generator=generator, device=generator.device).cpu()
-
-
-def _randint(high: Tensor | int, u: Tensor) -> Tensor:
-    """floor(u * high) as int64, clamped to [0, high - 1]: uniform on {0, ..., high - 1} for u ~ U[0, 1)."""
-    high = torch.as_tensor(high, dtype=torch.float64)
-    return torch.minimum(torch.floor(u * high), (high - 1).clamp(min=0)).long()
-
-
-def _spatial_dims(owner: str, inputs: Tensor, allow_1d: bool = True) -> int:
-    """Number of trailing spatial dimensions of a batch: 1 for (n, L) or (n, c, L), 2 for (n, c, h, w).
-
-    Raises ConfigError for non-floating inputs and ShapeError for other shapes.
-    """
-    if not isinstance(inputs, Tensor):
-        raise ConfigError(f"{owner} needs a tensor of inputs, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise ConfigError(
-            f"{owner} needs floating-point inputs, got {inputs.dtype}; "
-            "remove it from `augment` for token tasks such as modular_arithmetic"
-        )
-    if inputs.ndim == 4:
-        return 2
-    if allow_1d and inputs.ndim in (2, 3):
-        return 1
-    wanted = "(n, c, h, w) images, (n, L) or (n, c, L) signals" if allow_1d else "(n, c, h, w) images"
-    raise ShapeError(f"{owner} needs a batch of {wanted}, got inputs of shape {tuple(inputs.shape)}")
 
 
 def _segment_mask(start: Tensor, end: Tensor, length: int) -> Tensor:
@@ -137,14 +95,14 @@ class Cutout:
 
     def __init__(self, size: int = 16, *, generator: torch.Generator | None = None):
         self.size = check_int("size", size, 1)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
         self.last_centers: Tensor | None = None
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        d = _spatial_dims("cutout", inputs)
+        d = spatial_dims("cutout", inputs)
         n, spatial = inputs.shape[0], tuple(inputs.shape[-d:])
-        u = _uniform((n, d), self.generator)
-        centers = torch.stack([_randint(s, u[:, k]) for k, s in enumerate(spatial)], dim=1)
+        u = uniform_draws((n, d), self.generator)
+        centers = torch.stack([randint_from_uniform(s, u[:, k]) for k, s in enumerate(spatial)], dim=1)
         starts = [(centers[:, k] - self.size // 2).clamp(0, s) for k, s in enumerate(spatial)]
         ends = [(centers[:, k] - self.size // 2 + self.size).clamp(0, s) for k, s in enumerate(spatial)]
         mask = _region_mask(starts, ends, spatial)
@@ -226,16 +184,16 @@ class RandomErasing:
         self.r1 = check_float("r1", r1, 0.0, 1.0, low_open=True)
         self.fill = check_choice("fill", fill, _FILLS)
         self.max_attempts = check_int("max_attempts", max_attempts, 1)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
         self.last_boxes: Tensor | None = None
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        _spatial_dims("random_erasing", inputs, allow_1d=False)
+        spatial_dims("random_erasing", inputs, allow_1d=False)
         n, _, height, width = inputs.shape
         area = height * width
-        u_apply = _uniform((n,), self.generator)
-        u_size = _uniform((n, self.max_attempts, 2), self.generator)
-        u_pos = _uniform((n, 2), self.generator)
+        u_apply = uniform_draws((n,), self.generator)
+        u_size = uniform_draws((n, self.max_attempts, 2), self.generator)
+        u_pos = uniform_draws((n, 2), self.generator)
 
         target_area = (self.sl + (self.sh - self.sl) * u_size[..., 0]) * area
         ratio = self.r1 + (1.0 / self.r1 - self.r1) * u_size[..., 1]
@@ -246,8 +204,8 @@ class RandomErasing:
         erase = (u_apply < self.p) & fits.any(dim=1)
         h = torch.where(erase, h.gather(1, first).squeeze(1), 0)
         w = torch.where(erase, w.gather(1, first).squeeze(1), 0)
-        top = torch.where(erase, _randint(height - h + 1, u_pos[:, 0]), 0)
-        left = torch.where(erase, _randint(width - w + 1, u_pos[:, 1]), 0)
+        top = torch.where(erase, randint_from_uniform(height - h + 1, u_pos[:, 0]), 0)
+        left = torch.where(erase, randint_from_uniform(width - w + 1, u_pos[:, 1]), 0)
         self.last_boxes = torch.stack([top, left, h, w], dim=1)
 
         mask = _broadcast_mask(_region_mask([top, left], [top + h, left + w], (height, width)), inputs)

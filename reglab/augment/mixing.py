@@ -27,7 +27,7 @@ import torch
 from scipy.special import betaincinv
 from torch import Tensor
 
-from reglab.augment.erasing import _check_generator, _randint, _spatial_dims, _uniform
+from reglab.augment.draws import check_generator, randint_from_uniform, spatial_dims, uniform_draws
 from reglab.augment.registry import REGISTRY
 from reglab.core import ConfigError, ShapeError
 from reglab.core.validation import check_float, check_int
@@ -90,14 +90,14 @@ class _Mixing:
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, 2)
         self.lam = None if lam is None else check_float("lam", lam, 0.0, 1.0)
         self.p = check_float("p", p, 0.0, 1.0)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
         self.last_lam: float | None = None
         self.last_perm: Tensor | None = None
         self.last_applied: bool | None = None
 
     def _draw(self, n: int, extra: int) -> tuple[bool, float, Tensor, Tensor]:
         """(apply?, lambda, perm, ``extra`` more uniforms), always the same number of draws."""
-        u = _uniform((2 + extra,), self.generator)
+        u = uniform_draws((2 + extra,), self.generator)
         perm = _randperm(n, self.generator)
         lam = self.lam if self.lam is not None else float(betaincinv(self.alpha, self.alpha, u[1].item()))
         return bool(u[0].item() < self.p), lam, perm, u[2:]
@@ -244,7 +244,7 @@ class CutMix(_Mixing):
         self.last_box: tuple[tuple[int, int], ...] | None = None
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        d = _spatial_dims("cutmix", inputs)
+        d = spatial_dims("cutmix", inputs)
         n, spatial = inputs.shape[0], tuple(inputs.shape[-d:])
         q = soft_targets(targets, n, self.num_classes, inputs.dtype, "cutmix")
         apply, lam0, perm, u = self._draw(n, d)
@@ -256,7 +256,7 @@ class CutMix(_Mixing):
         box = []
         for k, size in enumerate(spatial):
             cut = int(math.floor(size * ratio))
-            center = int(_randint(size, u[k]))
+            center = int(randint_from_uniform(size, u[k]))
             start = min(max(center - cut // 2, 0), size)
             box.append((start, min(max(center - cut // 2 + cut, 0), size)))
         self.last_box = tuple(box)
