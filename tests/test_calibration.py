@@ -81,9 +81,15 @@ def test_report_restores_mode_and_matches_metrics(tiny):
     assert calibration_report(tiny, loader, n_bins=5).ece == pytest.approx(expected, abs=1e-12)
 
 
-def test_reliability_png(tmp_path):
+def test_reliability_png(tmp_path, monkeypatch):
+    import matplotlib
+
+    # plotting must not switch the caller's backend (a notebook's inline plots) nor touch pyplot's figure list
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("matplotlib.use was called"))
     path = plot_reliability(calibration_metrics(PROBS, LABELS, 10), tmp_path / "rel.png")
     assert path.stat().st_size > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_errors():

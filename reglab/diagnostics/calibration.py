@@ -176,13 +176,11 @@ def calibration_report(model: nn.Module, data: Any, n_bins: int = 15, batch_size
 
 def plot_reliability(result: CalibrationResult, path: str | Path, title: str = "reliability diagram") -> Path:
     """Save a reliability diagram (accuracy against confidence per bin, with the diagonal) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list are left alone
 
     bins = result.bins
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
+    fig = Figure(figsize=(4, 4), dpi=110)
+    ax = fig.subplots()
     width = 1.0 / result.n_bins
     ax.bar(bins["confidence"], bins["accuracy"], width=width * 0.9, alpha=0.7, label="accuracy", edgecolor="k")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
@@ -195,7 +193,6 @@ def plot_reliability(result: CalibrationResult, path: str | Path, title: str = "
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

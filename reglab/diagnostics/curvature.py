@@ -160,16 +160,14 @@ def plot_density(
     title: str = "Hessian eigenvalue density",
 ) -> Path:
     """Save the smoothed SLQ density as a PNG (log-scale y axis by default, as in Ghorbani et al.)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list are left alone
 
     lo, hi = float(result.nodes.min()), float(result.nodes.max())
     pad = 0.05 * (hi - lo) if hi > lo else 1.0
     grid = torch.linspace(lo - pad, hi + pad, 1000, dtype=torch.float64)
     density = result.density(grid, sigma)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot(grid.numpy(), density.clamp_min(1e-12).numpy() if log_scale else density.numpy())
     if log_scale:
         ax.set_yscale("log")
@@ -180,7 +178,6 @@ def plot_density(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -874,13 +874,11 @@ class RandomSharpnessProbe(Probe):
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A ``matplotlib.figure.Figure`` made without pyplot: the caller's backend and figure list are left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_curve(result: LandscapeResult, path: str | Path, title: str | None = None) -> Path:
@@ -888,8 +886,8 @@ def plot_curve(result: LandscapeResult, path: str | Path, title: str | None = No
 
     An interpolation also shows the chord (1−α)L_a + αL_b and the barrier in the title.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
+    fig = _figure(figsize=(5, 3.6), dpi=110)
+    ax = fig.subplots()
     alphas = result.alphas.numpy()
     ax.plot(alphas, result.loss.numpy(), "o-", color="C0", markersize=3, label="loss")
     if result.kind == "interpolation" and result.loss_a is not None:
@@ -911,7 +909,6 @@ def plot_curve(result: LandscapeResult, path: str | Path, title: str | None = No
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -923,9 +920,9 @@ def _grid(result: SurfaceResult) -> tuple[Any, Any, Any]:
 def plot_contour(result: SurfaceResult, path: str | Path, levels: int = 30, title: str | None = None) -> Path:
     """Save a contour plot of a 2-D landscape (α along x, β along y) as a PNG."""
     check_int("levels", levels, 1)
-    plt = _pyplot()
     a, b, z = _grid(result)
-    fig, ax = plt.subplots(figsize=(4.6, 4), dpi=110)
+    fig = _figure(figsize=(4.6, 4), dpi=110)
+    ax = fig.subplots()
     filled = ax.contourf(a, b, z, levels=levels, cmap="viridis")
     ax.contour(a, b, z, levels=levels, colors="k", linewidths=0.3)
     fig.colorbar(filled, ax=ax, label="loss")
@@ -936,15 +933,13 @@ def plot_contour(result: SurfaceResult, path: str | Path, levels: int = 30, titl
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def plot_surface(result: SurfaceResult, path: str | Path, title: str | None = None) -> Path:
     """Save a 3-D surface plot of a 2-D landscape as a PNG."""
-    plt = _pyplot()
     a, b, z = _grid(result)
-    fig = plt.figure(figsize=(5, 4), dpi=110)
+    fig = _figure(figsize=(5, 4), dpi=110)
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(a, b, z, cmap="viridis", linewidth=0, antialiased=True)
     ax.set_xlabel("α (d1)")
@@ -954,5 +949,4 @@ def plot_surface(result: SurfaceResult, path: str | Path, title: str | None = No
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -40,13 +40,11 @@ from typing import Any
 
 import jinja2
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from scipy import stats as _stats  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy import stats as _stats
 
 from reglab import __version__  # noqa: E402
 from reglab.core import ReglabError, StoreError  # noqa: E402
@@ -533,11 +531,11 @@ def _with_derived(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _colors(groups: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
     n = cmap.N
     if len(groups) <= n:
         return {g: cmap(i) for i, g in enumerate(groups)}
-    hsv = plt.get_cmap("hsv")
+    hsv = matplotlib.colormaps["hsv"]
     return {g: hsv(i / len(groups)) for i, g in enumerate(groups)}
 
 
@@ -580,7 +578,8 @@ def draw_panels(
     # A fixed layout in inches: constrained/tight layout would cost more than drawing the figure.
     legend_h = 0.25 * math.ceil(len(shown) / 3) + 0.1
     width, height = (5.4, 3.4 + legend_h) if len(panels) == 1 else (4.4 * ncols, 3.1 * nrows + legend_h)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=100, squeeze=False)
+    fig = Figure(figsize=(width, height), dpi=100)  # no pyplot: the caller's backend and figure list are left alone
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     gap_w, gap_h, left, right, top, bottom = 0.7, 0.75, 0.7, 0.2, 0.35, 0.5 + legend_h
     fig.subplots_adjust(
         left=left / width,
@@ -642,7 +641,6 @@ def draw_panels(
         frameon=False,
     )
     fig.savefig(path)
-    plt.close(fig)
     return True
 
 
