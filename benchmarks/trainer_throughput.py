@@ -92,8 +92,8 @@ def plain_streamed(task, model, steps, batch, device, precision, workers):
     return time.perf_counter() - start
 
 
-def reglab_streamed(task, model, steps, batch, device, precision, workers):
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+def _trainer_seconds(task, model, opt, steps, batch, device, precision, workers):
+    """Seconds the Trainer takes for steps 2..steps (its evaluations at the start and the end are not timed)."""
     clock = _StepClock(steps, device)
     Trainer(
         task,
@@ -110,6 +110,11 @@ def reglab_streamed(task, model, steps, batch, device, precision, workers):
         eval_batch_size=512,
     ).fit()
     return clock.seconds
+
+
+def reglab_streamed(task, model, steps, batch, device, precision, workers):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return _trainer_seconds(task, model, opt, steps, batch, device, precision, workers)
 
 
 def plain_memory(task, model, steps, batch, device, precision, workers):
@@ -129,19 +134,7 @@ def plain_memory(task, model, steps, batch, device, precision, workers):
 
 def reglab_memory(task, model, steps, batch, device, precision, workers):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    clock = _StepClock(steps, device)
-    Trainer(
-        task,
-        model,
-        CrossEntropy(),
-        opt,
-        steps=steps,
-        batch_size=batch,
-        eval_every=10**9,
-        callbacks=[clock],
-        device=device,
-    ).fit()
-    return clock.seconds
+    return _trainer_seconds(task, model, opt, steps, batch, device, precision, workers)
 
 
 def fakedata_task(n_train: int, n_test: int) -> tasks.Task:

@@ -152,15 +152,7 @@ class StreamedDataset(Dataset):
         """The same items read from ``eval_base`` (no training augmentation); ``self`` when there is none."""
         if self.eval_base is None:
             return self
-        return StreamedDataset(
-            self.eval_base,
-            num_classes=self.num_classes,
-            input_shape=self.input_shape,
-            output_dim=self.output_dim,
-            rows=self.rows,
-            labels=self.labels,
-            name=self.name,
-        )
+        return self._replace(base=self.eval_base, eval_base=None)
 
     def all_targets(self) -> Tensor:
         """Every label of this view: the override, else the dataset's ``.targets`` if it has them, else read item by
@@ -184,7 +176,8 @@ class StreamedDataset(Dataset):
             raise ShapeError(f"relabel needs {len(self)} labels, got {labels.shape[0]}")
         return self._replace(labels=labels)
 
-    def _replace(self, **changes: Any) -> StreamedDataset:
+    def _replace(self, base: Dataset | None = None, **changes: Any) -> StreamedDataset:
+        """This view with some fields changed (``base`` too when given)."""
         fields = dict(
             num_classes=self.num_classes,
             input_shape=self.input_shape,
@@ -195,7 +188,7 @@ class StreamedDataset(Dataset):
             name=self.name,
         )
         fields.update(changes)
-        return StreamedDataset(self.base, **fields)
+        return StreamedDataset(self.base if base is None else base, **fields)
 
     def __repr__(self) -> str:
         base = type(self.base).__name__
