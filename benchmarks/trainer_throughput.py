@@ -186,35 +186,13 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     resnet = fake.make_model("torchvision", arch="resnet18")
     cpu = torch.device("cpu")
-    rows.append(
-        measure(
-            "resnet18_fakedata",
-            fake,
-            resnet,
-            (plain_streamed, reglab_streamed),
-            args.cpu_steps,
-            128,
-            cpu,
-            "32",
-            0,
-            args.repeats,
-        )
-    )
+    settings = [(cpu, "32", args.cpu_steps, 0)]  # (device, precision, steps per repeat, DataLoader workers)
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
+        settings.append((torch.device("cuda"), "bf16", 60, 4))
+    for device, precision, steps, workers in settings:
+        loops = (plain_streamed, reglab_streamed)
         rows.append(
-            measure(
-                "resnet18_fakedata",
-                fake,
-                resnet,
-                (plain_streamed, reglab_streamed),
-                60,
-                128,
-                gpu,
-                "bf16",
-                4,
-                args.repeats,
-            )
+            measure("resnet18_fakedata", fake, resnet, loops, steps, 128, device, precision, workers, args.repeats)
         )
     mnist = tasks.get("mnist1d")
     torch.manual_seed(0)
