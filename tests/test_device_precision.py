@@ -4,6 +4,7 @@ and (marked ``gpu``) the same runs on CUDA."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -300,3 +301,32 @@ def test_muon_keeps_bf16_newton_schulz_on_cuda():
     from reglab.optim.orthogonal import _dtype
 
     assert _dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam"])
+def test_a_gradient_overflow_under_the_scaler_is_a_skipped_step_not_divergence(optimizer):
+    """fp16 runs overflow now and then by design (the scale grows until they do); the scaler skips those steps."""
+    task = tasks.get("two_moons")
+    torch.manual_seed(0)
+    model = task.make_model("mlp", width=8, depth=1)
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = SAM(base, rho=0.05) if optimizer == "sam" else base
+
+    def loss(outputs, targets):  # about 7: times the scale below it overflows float32, so every gradient is inf
+        return 10 * nn.functional.cross_entropy(outputs, targets)
+
+    trainer = Trainer(task, model, loss, opt, steps=3, eval_every=3, log_every=1, device="cpu")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=10**6)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = trainer.fit()
+    assert result.status == "done" and result.steps == 3
+    assert trainer.scaler.get_scale() == 2.0**124  # backed off once per step
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # every step skipped
+    assert not math.isfinite(next(v for _, s, n, v in result.history if n == "grad_norm"))  # logged as it was
+
+
+def test_a_one_element_loss_is_recorded():
+    model, x, y = _sam_setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    record = train_step(model, (x, y), lambda o, t: nn.functional.cross_entropy(o, t).reshape(1), opt)
+    assert isinstance(record["loss"], float) and record["loss"] == record["objective"]

@@ -240,3 +240,60 @@ def test_pil_images_and_numpy_inputs_are_converted():
     x, _, _ = task.train[0]
     assert x.dtype == torch.float32 and float(x.max()) <= 1.0
     assert float(x[1, 0, 0]) == pytest.approx(1 / 255)  # channel 1 of pixel (0, 0) holds 1
+
+
+def test_evaluation_and_probes_do_not_change_the_training_run():
+    """Evaluating a streamed task builds DataLoaders; they must not draw from torch's global generator (dropout's)."""
+    x, y = _data(128)
+    task = from_datasets(Pairs(x, y), Pairs(*_data(32, seed=1)))
+    losses = []
+    for every in (1, 100):
+        torch.manual_seed(0)
+        model = task.make_model("mlp", width=16, depth=1, dropout=0.5)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        result = Trainer(task, model, CrossEntropy(), opt, steps=6, batch_size=16, eval_every=every, log_every=1).fit()
+        losses.append([v for _, split, name, v in result.history if split == "train" and name == "batch_loss"])
+    assert losses[0] == losses[1]
+
+
+class RandomAugment(Dataset):
+    """Items whose input is a fresh random draw: a stand-in for random crops and flips in a worker process."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return torch.rand(1), i % 2
+
+
+@pytest.mark.slow
+def test_worker_augmentation_differs_from_epoch_to_epoch():
+    task = from_datasets(RandomAugment(), RandomAugment(), num_classes=2)
+    model = task.make_model("mlp", width=4, depth=1)
+    trainer = Trainer(task, model, CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), num_workers=1)
+    batches = trainer._batches(torch.Generator().manual_seed(0))
+    seen: dict[int, list[float]] = {}
+    for _ in range(3):  # batch_size 128 > 16 items: each batch is one whole epoch
+        x, _, idx = next(batches)
+        for value, i in zip(x[:, 0].tolist(), idx.tolist()):
+            seen.setdefault(i, []).append(value)
+    assert all(len(v) == 3 for v in seen.values())
+    assert all(len(set(v)) == len(v) for v in seen.values())  # each epoch draws anew; no replay of epoch 1
+
+
+def test_target_transform_labels_are_checked_as_read_not_from_targets():
+    x, y = _data(20, k=10)
+
+    class Coarse(Pairs):  # torchvision-style: .targets and .classes hold the labels before target_transform
+        def __init__(self, x, y):
+            super().__init__(x, y, classes=[str(c) for c in range(10)])
+            self.target_transform = lambda t: t // 5
+
+        def __getitem__(self, i):
+            xi, yi = super().__getitem__(i)
+            return xi, self.target_transform(yi)
+
+    task = from_datasets(Coarse(x, y), Coarse(x, y), num_classes=2)
+    assert task.num_classes == 2 and all(int(task.train[i][1]) in (0, 1) for i in range(20))
+    with pytest.raises(ConfigError, match="num_classes: cannot be inferred"):
+        from_datasets(Coarse(x, y), Coarse(x, y))

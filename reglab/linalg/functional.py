@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from reglab.core.errors import ConfigError, ShapeError
 
@@ -73,15 +74,16 @@ def on_model_device(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, ...]:
 def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
     """Extra forward passes inside this block leave normalization running statistics untouched.
 
-    Layers with ``track_running_stats`` (BatchNorm, InstanceNorm with
-    statistics) are switched off for the block, as in the reference VAT code:
-    in train mode they normalize with the batch statistics, exactly as they
-    would otherwise, and update nothing; in eval mode they still use the
-    running statistics. The one home of this rule: perturbation optimizers
+    BatchNorm layers (``_BatchNorm``: BatchNorm1d/2d/3d, SyncBatchNorm) that
+    track running statistics have ``track_running_stats`` switched off for the
+    block, as in the reference VAT code: in train mode they normalize with the
+    batch statistics, exactly as they would otherwise, and update nothing; in
+    eval mode they still use the running statistics. (InstanceNorm is left
+    alone: switching its flag changes what it normalizes with.) The one home of this rule: perturbation optimizers
     (SAM's perturbed passes) and penalties that run extra forward passes use
     it. Nested blocks are fine (the outermost one restores).
     """
-    switched = [m for m in model.modules() if getattr(m, "track_running_stats", False) is True]
+    switched = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     for m in switched:
         m.track_running_stats = False
     try:

@@ -196,7 +196,12 @@ class StreamedDataset(Dataset):
 
 
 def dataset_targets(dataset: Any) -> Tensor | None:
-    """The labels a dataset exposes without decoding its inputs (``.targets``, torchvision's convention), or None."""
+    """The labels a dataset exposes without decoding its inputs (``.targets``, torchvision's convention), or None.
+
+    None also when the dataset has a ``target_transform``: ``.targets`` then holds the labels before it.
+    """
+    if getattr(dataset, "target_transform", None) is not None:
+        return None
     targets = getattr(dataset, "targets", None)
     if targets is None or isinstance(targets, str) or callable(targets):
         return None
@@ -215,7 +220,8 @@ def _infer_num_classes(train: Any, y: Any) -> int | None:
         return None
     if isinstance(y, np.ndarray) and np.issubdtype(y.dtype, np.floating):
         return None
-    classes = getattr(train, "classes", None)
+    # with a target_transform, .classes and .targets describe the labels before it
+    classes = getattr(train, "classes", None) if getattr(train, "target_transform", None) is None else None
     if isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) > 0:
         return len(classes)
     targets = dataset_targets(train)

@@ -175,6 +175,7 @@ def train_step(
             values = [loss.detach(), objective.detach(), *(v.detach() for v in terms.values())]
             if norm is not None:
                 values.append(norm)
+            values = [v.reshape(()) for v in values]  # a loss or penalty may return a 1-element vector
             device, dtype = values[0].device, values[0].dtype
             if any(v.device != device or v.dtype != dtype for v in values):  # e.g. a float64 penalty
                 values = [v.to(device=device, dtype=torch.float64) for v in values]
@@ -192,9 +193,9 @@ def train_step(
     else:
         closure()
         if math.isfinite(record["objective"]):
-            if scaler is not None:
+            if scaler is None:
+                optimizer.step()
+            elif any(p.grad is not None for p in params):  # the scaler needs a gradient to check
                 scaler.step(optimizer)
                 scaler.update()
-            else:
-                optimizer.step()
     return record

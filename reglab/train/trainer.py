@@ -121,8 +121,10 @@ class Trainer:
     :func:`~reglab.train.train_step` is logged to split ``train`` as
     ``batch_loss``, ``objective``, ``grad_norm`` and ``penalty/<name>``.
 
-    A step whose loss or objective is not finite ends the run with status
-    ``diverged`` at that step; it does not raise.
+    A step whose loss or objective (or, without a gradient scaler, gradient
+    norm) is not finite ends the run with status ``diverged`` at that step; it
+    does not raise. Under fp16's scaler an inf/NaN gradient is the scaler's
+    business: the step is skipped and the scale backs off, as in any AMP loop.
 
     Data. A task of in-memory tensors (:class:`~reglab.tasks.IndexedDataset`,
     every generated and packaged task) is held on the device and batched by
@@ -297,18 +299,18 @@ class Trainer:
     def _loader(self, dataset: Dataset, batch_size: int, *, order: torch.Generator | None = None) -> Any:
         """Batches of ``dataset`` on the device, each moved with ``non_blocking``: in order, or, given an ``order``
         generator, shuffled for training (:class:`EpochBatches`; workers seeded from the run's seed)."""
-        loader_args: dict[str, Any] = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        loader_args: dict[str, Any] = dict(
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # a DataLoader draws its workers' base seed from this generator; without one it would draw from torch's
+            # global generator (dropout's), so evaluating or probing would change the training run
+            generator=torch.Generator().manual_seed(self.seed),
+        )
         if order is None:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_args)
-        else:
-            loader = DataLoader(
-                dataset,
-                batch_sampler=EpochBatches(len(dataset), batch_size, order),  # type: ignore[arg-type]
-                persistent_workers=self.num_workers > 0,
-                # the workers' base seed comes from here, not from torch's global generator (dropout's)
-                generator=torch.Generator().manual_seed(self.seed),
-                **loader_args,
-            )
+        else:  # one loader for the whole run: its workers' random streams continue from epoch to epoch
+            batches = (b.tolist() for b in EpochBatches(len(dataset), batch_size, order, forever=True))
+            loader = DataLoader(dataset, batch_sampler=batches, **loader_args)  # type: ignore[arg-type]
         return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
     def _split_outputs(self, split: str) -> tuple[Tensor, Tensor]:
@@ -386,8 +388,7 @@ class Trainer:
         n = len(self.task.train)  # type: ignore[arg-type]
         size = n if self.batch_size == "full" else min(self.batch_size, n)
         if self.streamed:
-            while True:  # one DataLoader pass per epoch; the generator carries the order across epochs
-                yield from self._loader(self.task.train, size, order=generator)
+            yield from self._loader(self.task.train, size, order=generator)  # endless: every epoch, one loader
         x, y, idx = self._train  # idx is arange(n), so a batch's indices are b itself
         on_cpu = x.device.type == "cpu"
         for b in EpochBatches(n, size, generator, forever=True):
@@ -423,7 +424,8 @@ class Trainer:
             self.step += 1
             if self.scheduler is not None:
                 self.scheduler.step()
-            finite = _is_finite(record)
+            # under a GradScaler an overflowing gradient (grad_norm inf) is a step the scaler skipped, not divergence
+            finite = _is_finite({k: v for k, v in record.items() if k != "grad_norm"} if self.scaler else record)
             if not finite or self.step % self.log_every == 0:
                 for name, value in record.items():
                     self.log(self.step, "train", "batch_loss" if name == "loss" else name, value)
