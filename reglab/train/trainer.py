@@ -130,9 +130,10 @@ class Trainer:
     every generated and packaged task) is held on the device and batched by
     indexing: batches are drawn without replacement, reshuffled every epoch,
     from a CPU generator seeded by ``seed``. Any other task (e.g.
-    :func:`~reglab.tasks.from_datasets`) is streamed through a ``DataLoader``
-    (``num_workers`` processes, shuffled by a generator seeded by ``seed``,
-    ``drop_last`` for training, ``pin_memory`` on CUDA), and batches reach
+    :func:`~reglab.tasks.from_datasets`) is streamed through one ``DataLoader``
+    for the run (``num_workers`` processes, the batches of :class:`EpochBatches`
+    drawn by a generator seeded by ``seed``, the last incomplete batch of an
+    epoch dropped, ``pin_memory`` on CUDA), and batches reach
     the device with ``non_blocking=True``; evaluation streams the splits in
     order, reading a dataset's ``for_eval()`` view (no training augmentation)
     when it has one. ``fit`` also seeds torch's global generator (every
