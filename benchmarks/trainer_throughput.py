@@ -42,7 +42,7 @@ from reglab import tasks  # noqa: E402
 from reglab.core import Callback  # noqa: E402
 from reglab.losses import CrossEntropy  # noqa: E402
 from reglab.train import Precision, Trainer  # noqa: E402
-from reglab.train.trainer import EpochBatches  # noqa: E402
+from reglab.train.trainer import epoch_batches  # noqa: E402
 
 
 class _StepClock(Callback):
@@ -65,30 +65,28 @@ def plain_streamed(task, model, steps, batch, device, precision, workers):
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     amp = Precision(precision, device)
+    batches = (b.tolist() for b in epoch_batches(len(task.train), batch, torch.Generator().manual_seed(0)))
     loader = torch.utils.data.DataLoader(
         task.train,
-        batch_sampler=EpochBatches(len(task.train), batch, torch.Generator().manual_seed(0)),
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
-    done, start = 0, 0.0
-    while done < steps:
-        for x, y, _ in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with amp.autocast():
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            done += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if done == 1:
-                start = time.perf_counter()
-            if done == steps:
-                return time.perf_counter() - start
+    start = 0.0
+    for done, (x, y, _) in enumerate(loader, start=1):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with amp.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if done == 1:
+            start = time.perf_counter()
+        if done == steps:
+            break
     return time.perf_counter() - start
 
 
@@ -120,7 +118,7 @@ def reglab_streamed(task, model, steps, batch, device, precision, workers):
 def plain_memory(task, model, steps, batch, device, precision, workers):
     x, y, _ = tasks.as_tensors(task.train)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = iter(EpochBatches(len(y), batch, torch.Generator().manual_seed(0), forever=True))
+    batches = epoch_batches(len(y), batch, torch.Generator().manual_seed(0))
     start = 0.0
     for step in range(1, steps + 1):
         b = next(batches)

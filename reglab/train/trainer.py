@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from reglab.core import Callback, ConfigError, Penalty, ShapeError
 from reglab.core.validation import check_int
@@ -80,30 +80,20 @@ def _optimizer_to(optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(optimizer.state_dict())
 
 
-class EpochBatches(Sampler):
-    """The training order: each epoch ``torch.randperm(n, generator)`` cut into batches of ``size``, the last
-    incomplete batch dropped; with ``size == n`` (full batch) every example in order, and no draw.
+def epoch_batches(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """The training order, endless: each epoch ``torch.randperm(n, generator)`` cut into index tensors of ``size``,
+    the last incomplete batch dropped; with ``size >= n`` (full batch) every example in order, and no draw.
 
-    The in-memory path indexes its tensors with these batches and the streamed path hands them to the DataLoader
-    as its ``batch_sampler``, so the same seed gives the same batches on both.
+    The in-memory path indexes its tensors with these batches and the streamed path hands them (as lists) to its
+    DataLoader as the batch sampler, so the same seed gives the same batches on both.
     """
-
-    def __init__(self, n: int, size: int, generator: torch.Generator, *, forever: bool = False):
-        self.n, self.size, self.generator, self.forever = n, size, generator, forever
-
-    def __iter__(self) -> Any:
-        while True:
-            if self.size >= self.n:
-                yield torch.arange(self.n) if self.forever else list(range(self.n))
-            else:
-                order = torch.randperm(self.n, generator=self.generator)
-                for i in range(0, self.n - self.size + 1, self.size):
-                    yield order[i : i + self.size] if self.forever else order[i : i + self.size].tolist()
-            if not self.forever:
-                return
-
-    def __len__(self) -> int:
-        return max(1, self.n // self.size)
+    while True:
+        if size >= n:
+            yield torch.arange(n)
+            continue
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n - size + 1, size):
+            yield order[i : i + size]
 
 
 class Trainer:
@@ -131,7 +121,7 @@ class Trainer:
     indexing: batches are drawn without replacement, reshuffled every epoch,
     from a CPU generator seeded by ``seed``. Any other task (e.g.
     :func:`~reglab.tasks.from_datasets`) is streamed through one ``DataLoader``
-    for the run (``num_workers`` processes, the batches of :class:`EpochBatches`
+    for the run (``num_workers`` processes, the batches of :func:`epoch_batches`
     drawn by a generator seeded by ``seed``, the last incomplete batch of an
     epoch dropped, ``pin_memory`` on CUDA), and batches reach
     the device with ``non_blocking=True``; evaluation streams the splits in
@@ -299,7 +289,7 @@ class Trainer:
     # -- data ---------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, *, order: torch.Generator | None = None) -> Any:
         """Batches of ``dataset`` on the device, each moved with ``non_blocking``: in order, or, given an ``order``
-        generator, shuffled for training (:class:`EpochBatches`; workers seeded from the run's seed)."""
+        generator, shuffled for training (:func:`epoch_batches`; workers seeded from the run's seed)."""
         loader_args: dict[str, Any] = dict(
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -310,7 +300,7 @@ class Trainer:
         if order is None:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_args)
         else:  # one loader for the whole run: its workers' random streams continue from epoch to epoch
-            batches = (b.tolist() for b in EpochBatches(len(dataset), batch_size, order, forever=True))
+            batches = (b.tolist() for b in epoch_batches(len(dataset), batch_size, order))
             loader = DataLoader(dataset, batch_sampler=batches, **loader_args)  # type: ignore[arg-type]
         return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
@@ -392,7 +382,7 @@ class Trainer:
             yield from self._loader(self.task.train, size, order=generator)  # endless: every epoch, one loader
         x, y, idx = self._train  # idx is arange(n), so a batch's indices are b itself
         on_cpu = x.device.type == "cpu"
-        for b in EpochBatches(n, size, generator, forever=True):
+        for b in epoch_batches(n, size, generator):
             if size == n:
                 yield x, y, idx
             else:
