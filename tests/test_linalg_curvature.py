@@ -393,3 +393,44 @@ def test_slq_padding_does_not_stretch_the_node_range():
     A = torch.diag(torch.tensor([5.0, 7.5, 10.0], dtype=torch.float64))
     d = spectral_density(MatrixOperator(A), n_probes=2, n_iter=20)  # the Krylov space closes after 3 steps
     assert float(d.nodes.min()) == pytest.approx(5.0) and d.moment(1) == pytest.approx(7.5, rel=0.5)
+
+
+def symmetric_with_spectrum(spectrum, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=g, dtype=torch.float64))[0]
+    return Q @ torch.diag(spectrum) @ Q.T, Q
+
+
+def test_lanczos_start_vector_saves_products_and_never_the_answer():
+    spectrum = torch.cat([torch.tensor([10.0, 9.0, 8.5]), torch.linspace(-1.0, 1.0, 197)]).double()
+    A, Q = symmetric_with_spectrum(spectrum)
+    tol = 1e-8
+    plain = lanczos(MatrixOperator(A), k=1, tol=tol, seed=0)
+    near = Q[:, 0] + 0.01 * Q[:, 1:] @ torch.ones(199, dtype=torch.float64)  # a close guess of the top eigenvector
+    guided = lanczos(MatrixOperator(A), k=1, tol=tol, seed=0, start=near)
+    orthogonal = lanczos(MatrixOperator(A), k=1, tol=tol, seed=0, start=Q[:, 1])  # a guess with no top component
+    for r in (plain, guided, orthogonal):
+        assert r.converged
+        # a Ritz value with residual ρ lies within ρ of an eigenvalue; with tol · |θ| < the gap 1, that is λ_max
+        assert abs(float(r.values[0]) - 10.0) <= float(r.residuals[0]) <= tol * 10.0 * (1 + 1e-12)
+    assert guided.n_hvp < plain.n_hvp
+    # a zero start is no guess: the same sequence as without one
+    zero = lanczos(MatrixOperator(A), k=1, tol=tol, seed=0, start=torch.zeros(200, dtype=torch.float64))
+    assert torch.equal(zero.values, plain.values) and zero.n_hvp == plain.n_hvp
+    with pytest.raises(ShapeError, match="start"):
+        lanczos(MatrixOperator(A), start=torch.zeros(3, dtype=torch.float64))
+
+
+def test_subsample_is_the_operator_of_the_drawn_examples():
+    net, (x, y) = make_net(), make_data(n=60)
+    H = HessianOperator(net, F.cross_entropy, [(x[:13], y[:13]), (x[13:41], y[13:41]), (x[41:], y[41:])])
+    sub = H.subsample(17, torch.Generator().manual_seed(5))
+    chosen = torch.randperm(60, generator=torch.Generator().manual_seed(5))[:17]
+    assert sub.num_examples == 17 and sub.names == H.names
+    torch.testing.assert_close(sub.to_dense(), dense_hessian(net, F.cross_entropy, x[chosen], y[chosen]))
+    for curvature in ("ggn", "empirical_fisher"):
+        whole = HessianOperator(net, F.cross_entropy, [(x[:20], y[:20]), (x[20:], y[20:])], curvature=curvature)
+        same = whole.subsample(60, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(same.to_dense(), whole.to_dense(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ConfigError, match="n_examples"):
+        H.subsample(61, torch.Generator())

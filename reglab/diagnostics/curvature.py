@@ -31,7 +31,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,15 +38,17 @@ from torch import Tensor, nn
 
 from reglab.core.errors import ConfigError
 from reglab.core.validation import check_choice, check_float, check_int
-from reglab.diagnostics.probe import Probe, probe_loss
+from reglab.diagnostics.probe import Probe, ReportSection, probe_loss
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.density import DensityResult, spectral_density
-from reglab.linalg.eigen import EigResult, lanczos, power_iteration
+from reglab.linalg.eigen import EigResult, generator, lanczos, power_iteration
 from reglab.linalg.operators import HessianOperator
 from reglab.linalg.trace import TraceResult, hutchinson, hutchpp
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 EIG_METHODS = ("lanczos", "power")
+WARM_START_MIN_EXAMPLES = 128  # below this a subsample's Hessian is a poor guide, and products are cheap anyway
+WARM_START_TOL = 1e-2  # the subsample's own error limits its eigenvectors: a tighter tolerance buys nothing
 TRACE_METHODS = ("hutchpp", "hutchinson", "exact")
 
 
@@ -63,6 +64,7 @@ def hessian_eigs(
     curvature: str = "hessian",
     params: Any = None,
     seed: int = 0,
+    warm_start: float | None = 0.125,
 ) -> EigResult:
     """The ``k`` top eigenvalues (and eigenvectors) of the loss curvature.
 
@@ -71,10 +73,22 @@ def hessian_eigs(
     residual, and the eigenvalue error is about residual²/gap, so tol = 1e-2
     typically gives eigenvalues to ~1e-4 relative) or ``"power"`` (power
     iteration with deflation as in PyHessian, eigenvalues of largest
-    magnitude; ``max_iter`` per eigenpair). ``which`` is ``"largest"``
+    magnitude; ``max_iter`` per eigenpair; ``warm_start`` is not used). ``which`` is ``"largest"``
     (algebraic: the sharpness λ_max; Lanczos' default), ``"smallest"`` or
     ``"magnitude"`` (power iteration's only and default choice). Eigenvectors are flat, ordered as the selected
     ``named_parameters``; ``HessianOperator(...).unflatten`` maps them back.
+
+    Warm start (Lanczos): with ``warm_start`` = f, Lanczos first runs on the
+    curvature of a random f·N of the N examples (relative residual 1e-2,
+    starting from that subsample's loss gradient, which lies mostly in the top
+    eigenspace — Gur-Ari et al. 2018, "Gradient Descent Happens in a Tiny
+    Subspace"), and the full-data run starts from the sum of its Ritz vectors
+    (see :func:`~reglab.linalg.eigen.lanczos`'s ``start``). Its products cost f
+    of a full one each; the full-data run's stopping rule is unchanged, so the
+    answer meets ``tol`` whatever the guess. Skipped when f·N < 128 or
+    ``warm_start`` is None. ``n_hvp`` counts full-data products only;
+    ``extra`` gives ``warm_start_examples``, ``warm_start_hvp`` (products over
+    those examples) and ``full_product_equivalents`` = n_hvp + warm_start_hvp·f.
 
     Example:
         >>> import torch
@@ -87,6 +101,8 @@ def hessian_eigs(
         True
     """
     check_choice("method", method, EIG_METHODS)
+    if warm_start is not None:
+        check_float("warm_start", warm_start, 0.0, 1.0, low_open=True, high_open=True)
     operator = HessianOperator(model, loss_fn, data, params=params, curvature=curvature)
     if method == "power":
         if which not in (None, "magnitude"):
@@ -95,7 +111,35 @@ def hessian_eigs(
                 "magnitude (which='magnitude')"
             )
         return power_iteration(operator, k=k, tol=tol, max_iter=1000 if max_iter is None else max_iter, seed=seed)
-    return lanczos(operator, k=k, which=which or "largest", tol=tol, max_iter=max_iter, seed=seed)
+    which = which or "largest"
+    return warm_lanczos(operator, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, fraction=warm_start)
+
+
+def warm_lanczos(
+    operator: HessianOperator,
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    seed: int = 0,
+    fraction: float | None = 0.125,
+) -> EigResult:
+    """Lanczos on ``operator`` started from Lanczos on a ``fraction`` of its examples (see :func:`hessian_eigs`)."""
+    size = 0 if fraction is None else int(fraction * operator.num_examples)
+    if size < WARM_START_MIN_EXAMPLES:
+        return lanczos(operator, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed)
+    start_time = time.perf_counter()
+    sub = operator.subsample(size, generator(seed))
+    gradient = sub.loss_and_gradient()[1]
+    guess = lanczos(sub, k=k, which=which, tol=max(tol, WARM_START_TOL), seed=seed + 1, start=gradient)
+    result = lanczos(operator, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, start=guess.vectors.sum(1))
+    result.seconds = time.perf_counter() - start_time
+    result.extra |= {
+        "warm_start_examples": size,
+        "warm_start_hvp": guess.n_hvp,
+        "full_product_equivalents": result.n_hvp + guess.n_hvp * size / operator.num_examples,
+    }
+    return result
 
 
 def hessian_trace(
@@ -146,39 +190,10 @@ def hessian_density(
     """The eigenvalue density of the curvature by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     ``n_probes`` × ``n_iter`` Hessian-vector products. Plot it with
-    :func:`plot_density`; ``result.moment(p)`` estimates tr(H^p)/n.
+    :func:`~reglab.diagnostics.plots.plot_density`; ``result.moment(p)`` estimates tr(H^p)/n.
     """
     operator = HessianOperator(model, loss_fn, data, params=params, curvature=curvature)
     return spectral_density(operator, n_probes=n_probes, n_iter=n_iter, seed=seed)
-
-
-def plot_density(
-    result: DensityResult,
-    path: str | Path,
-    sigma: float | None = None,
-    log_scale: bool = True,
-    title: str = "Hessian eigenvalue density",
-) -> Path:
-    """Save the smoothed SLQ density as a PNG (log-scale y axis by default, as in Ghorbani et al.)."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list are left alone
-
-    lo, hi = float(result.nodes.min()), float(result.nodes.max())
-    pad = 0.05 * (hi - lo) if hi > lo else 1.0
-    grid = torch.linspace(lo - pad, hi + pad, 1000, dtype=torch.float64)
-    density = result.density(grid, sigma)
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    ax.plot(grid.numpy(), density.clamp_min(1e-12).numpy() if log_scale else density.numpy())
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 @dataclass
@@ -291,6 +306,17 @@ def _current_lr(optimizer: Any) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+#: The report section of the sharpness probes (Hessian λ_max here, random-direction sharpness in landscape_probes).
+SHARPNESS_SECTION = ReportSection(
+    "sharpness",
+    "Sharpness and the edge of stability",
+    "λ_max of the training-loss Hessian with the stability limit 2/η (dashed): full-batch gradient descent "
+    "sharpens progressively until λ_max reaches 2/η, then hovers there (Cohen et al. 2021, Gradient Descent "
+    "on Neural Networks Typically Occurs at the Edge of Stability).",
+    order=10,
+)
+
+
 @REGISTRY.register("sharpness")
 class SharpnessProbe(Probe):
     """Logs λ_max of the training-loss Hessian, optionally tr(H), and the stability limit 2/η (edge of stability).
@@ -315,6 +341,13 @@ class SharpnessProbe(Probe):
         seed: subsample and probe seed.
     """
 
+    report_section = SHARPNESS_SECTION
+    labels = {
+        "sharpness": r"$\lambda_{\max}$ (sharpness) and $2/\eta$",
+        "sharpness_trace": r"tr$(H)$ (Hessian trace)",
+        "stability_threshold": r"stability limit $2/\eta$",
+    }
+
     def __init__(
         self,
         every: int = 100,
@@ -335,7 +368,7 @@ class SharpnessProbe(Probe):
         x, y = trainer.examples("train", self.n_examples, self.seed)
         operator = HessianOperator(trainer.model, probe_loss(trainer), (x, y))
         metrics = {
-            "sharpness": float(lanczos(operator, k=1, tol=self.tol, seed=self.seed).values[0]),
+            "sharpness": float(warm_lanczos(operator, k=1, tol=self.tol, seed=self.seed).values[0]),
             # 2/η; infinite at η = 0 (the end of a schedule that decays to zero)
             "stability_threshold": 2.0 / lr if (lr := _current_lr(trainer.optimizer)) > 0 else math.inf,
         }

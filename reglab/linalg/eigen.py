@@ -11,6 +11,11 @@ the residual norms ‖A y − θ y‖ and what it cost.
   residual norm is exactly β_m |e_mᵀ s_i| when Q_m is orthonormal, which full
   reorthogonalization (two Gram-Schmidt passes, "twice is enough") keeps to
   round-off. Stops when the k wanted Ritz pairs have relative residual ≤ tol.
+  The Krylov sequence starts from a random unit vector r, or from
+  s/‖s‖ + r when a start direction s is given (a guess of the wanted
+  eigenvectors: the closer, the fewer products; r keeps every eigenvector's
+  component nonzero with probability 1, so a poor guess costs about one
+  product, never the answer).
 - Power iteration with deflation (the method of PyHessian, Yao et al. 2020):
   v ← A' v / ‖A' v‖ on A' = A − Σ_j λ_j u_j u_jᵀ, one eigenpair at a time; it
   converges to the eigenvalue of largest *magnitude* at the rate |λ_2/λ_1|,
@@ -27,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reglab.core.errors import ShapeError
 from reglab.core.validation import check_choice, check_float, check_int
 
 WHICH = ("largest", "smallest", "magnitude")
@@ -176,6 +182,7 @@ def lanczos(
     tol: float = 1e-4,
     max_iter: int | None = None,
     seed: int = 0,
+    start: Tensor | None = None,
 ) -> EigResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -186,9 +193,14 @@ def lanczos(
         tol: stop when every wanted Ritz pair has ‖A y − θ y‖ <= tol · max(|θ|, ‖T‖).
         max_iter: at most this many products (default ``min(n, max(10 k + 20, 100))``).
         seed: seeds the start vector (a private generator; the global RNG is not used).
+        start: a guess of the wanted eigenvectors (or of their span), shape ``(n,)``; the sequence starts
+            from ``start/‖start‖ + r`` with r the random unit vector (None or a zero vector: r alone).
 
     Returns:
         :class:`EigResult`; ``converged`` is False if ``max_iter`` ran out first.
+
+    Raises:
+        ShapeError: ``start`` is not of shape ``(n,)``.
 
     Example:
         >>> import torch
@@ -203,9 +215,11 @@ def lanczos(
     check_float("tol", tol, 0.0, low_open=True)
     check_choice("which", which, WHICH)
     max_iter = min(n, max(10 * k + 20, 100)) if max_iter is None else check_int("max_iter", max_iter, k)
+    if start is not None and start.shape != (n,):
+        raise ShapeError(f"start must be a vector of shape ({n},), got {tuple(start.shape)}")
     start_products = operator.n_matvec
     gen = generator(seed)
-    values, vectors, residuals, converged, steps = _lanczos_run(operator, k, which, tol, max_iter, gen)
+    values, vectors, residuals, converged, steps = _lanczos_run(operator, k, which, tol, max_iter, gen, start)
     # A single Krylov sequence sees one direction of each eigenspace, so a repeated eigenvalue is found once.
     # Check the complement of what was found: add any eigenvalue of the deflated operator that belongs in the top k.
     for _ in range(k - 1 if converged else 0):  # each round adds one missing eigenvalue at most
@@ -266,11 +280,17 @@ class _Deflated:
 
 
 def _lanczos_run(
-    operator: Any, k: int, which: str, tol: float, max_iter: int, gen: torch.Generator
+    operator: Any, k: int, which: str, tol: float, max_iter: int, gen: torch.Generator, start: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, bool, int]:
     """One Lanczos sequence: (values, vectors, residuals, converged, steps) of the k wanted Ritz pairs."""
     n = operator.shape[0]
-    process = Lanczos(operator, random_unit(n, operator.dtype, operator.device, gen))
+    first = random_unit(n, operator.dtype, operator.device, gen)
+    if start is not None:
+        start = start.to(device=operator.device, dtype=operator.dtype)
+        norm = float(start.norm())
+        if 0 < norm < math.inf:
+            first = first + start / norm
+    process = Lanczos(operator, first)
     while True:
         process.extend()
         theta, S, residuals = process.ritz()

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import jvp
 
 from reglab.core.errors import ConfigError, ShapeError
+from reglab.core.validation import check_int
 from reglab.linalg.functional import FunctionalModel, Params, batches, total_size
 
 CURVATURES = ("hessian", "ggn", "empirical_fisher")
@@ -168,6 +169,30 @@ class HessianOperator(LinearOperator):
     def point(self) -> Tensor:
         """The parameters θ at which the curvature is taken, flat."""
         return self.fn.point()
+
+    def subsample(self, n_examples: int, generator: torch.Generator) -> HessianOperator:
+        """The same curvature over ``n_examples`` of the examples drawn without replacement, as one batch.
+
+        A cheaper operator whose eigenvectors approximate this one's (a warm start for :func:`lanczos`):
+        same model, loss, parameters and curvature kind, products costing about n_examples / N of this
+        one's. ``generator`` draws the examples (a CPU generator; the global RNG is not used).
+        """
+        check_int("n_examples", n_examples, 1, self.num_examples)
+        chosen = torch.randperm(self.num_examples, generator=generator)[:n_examples].sort().values
+        xs, ys, offset = [], [], 0
+        for x, y in self.batches:
+            local = chosen[(chosen >= offset) & (chosen < offset + len(x))] - offset
+            xs.append(x[local.to(x.device)])
+            ys.append(y[local.to(y.device)])
+            offset += len(x)
+        return HessianOperator(
+            self.fn.model,
+            self.fn.loss_fn,
+            (torch.cat(xs), torch.cat(ys)),
+            params=self.names,
+            curvature=self.curvature,
+            cache_graphs=self._graphs is not None,
+        )
 
     def _weights(self) -> list[float]:
         return [len(x) / self.num_examples for x, _ in self.batches]
