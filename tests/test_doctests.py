@@ -1,4 +1,4 @@
-"""The runnable examples in the docstrings of the linear-algebra and diagnostics modules run and print what they say."""
+"""The runnable examples in the docstrings of the linalg, diagnostics and optim modules run and print what they say."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import torch
 
 import reglab.diagnostics
 import reglab.linalg
+import reglab.optim
 
+#: modules whose examples sketch a training loop (a model, batches, a trainer) rather than run on their own
+SKETCHES = {"reglab.optim.schedules"}
 MODULES = sorted(
-    f"{package.__name__}.{info.name}"
-    for package in (reglab.linalg, reglab.diagnostics)
-    for info in pkgutil.iter_modules(package.__path__)
+    info.name
+    for package in (reglab.linalg, reglab.diagnostics, reglab.optim)
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")
+    if info.name not in SKETCHES
 )
 
 

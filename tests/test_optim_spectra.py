@@ -286,7 +286,7 @@ def test_registry_factory_and_train_step():
     twin = copy.deepcopy(model)
     opt = reglab.optim.get("spectra", model.parameters(), c=0.3, base={"name": "sgd", "lr": 0.1})
     assert isinstance(opt, SPECTRA) and isinstance(opt.base, torch.optim.SGD)
-    assert opt.c == 0.3 and opt.mode == "hard" and opt.param_groups[0]["lr"] == 0.1
+    assert opt.hyperparameters["c"] == 0.3 and opt.hyperparameters["mode"] == "hard" and opt.param_groups[0]["lr"] == 0.1
     record = train_step(model, (x, y), nn.MSELoss(reduction="sum"), opt)
     assert set(record) == {"loss", "objective", "grad_norm"}
     ref = SPECTRA(torch.optim.SGD(twin.parameters(), lr=0.1), 0.3)
@@ -311,8 +311,8 @@ def test_validation_errors_name_the_argument():
         SPECTRA(base, 1.0, ns_steps=0)
     with pytest.raises(ConfigError, match="pre_clip must be > 0, got 0"):
         SPECTRA(base, 1.0, pre_clip=0)
-    with pytest.raises(ConfigError, match="base must be a constructed torch.optim.Optimizer.*got list"):
-        SPECTRA(params, 1.0)
+    with pytest.raises(ConfigError, match="params must be an iterable of parameters .* got Parameter"):
+        SPECTRA(params[0], 1.0)
     with pytest.raises(ConfigError, match="optimizer 'spectra' has no argument 'clip'"):
         reglab.optim.get("spectra", params, clip=1.0)
     with pytest.raises(ConfigError, match="base must be an optimizer name or a mapping"):

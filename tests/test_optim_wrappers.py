@@ -12,7 +12,7 @@ from torch import nn
 import reglab.optim
 from reglab.core import ConfigError
 from reglab.optim.spectra import SPECTRA
-from reglab.optim.wrappers import CLASSP, LAWN, OptimizerWrapper, OrthoGrad, orthogonal_gradient
+from reglab.optim import CLASSP, LAWN, OptimizerWrapper, OrthoGrad, orthogonal_gradient
 from reglab.train import train_step
 
 
@@ -114,7 +114,7 @@ def test_ortho_grad_registry_and_train_step():
     model, (x, y) = _model(), _data()
     twin = copy.deepcopy(model)
     opt = reglab.optim.get("ortho_grad", model.parameters(), base={"name": "sgd", "lr": 0.1})
-    assert isinstance(opt, OrthoGrad) and opt.rescale and opt.param_groups[0]["lr"] == 0.1
+    assert isinstance(opt, OrthoGrad) and opt.param_groups[0]["ortho_grad_rescale"] and opt.param_groups[0]["lr"] == 0.1
     train_step(model, (x, y), nn.MSELoss(reduction="sum"), opt)
     ref = OrthoGrad(torch.optim.SGD(twin.parameters(), lr=0.1))
     twin.zero_grad()
@@ -126,7 +126,7 @@ def test_ortho_grad_registry_and_train_step():
 
 def test_ortho_grad_validation():
     params = list(_model().parameters())
-    with pytest.raises(ConfigError, match="base must be a constructed torch.optim.Optimizer"):
+    with pytest.raises(ConfigError, match="params must be an iterable of parameters .* got str"):
         OrthoGrad("sgd")
     with pytest.raises(ConfigError, match="rescale must be a bool \\(true or false\\), got 1"):
         OrthoGrad(torch.optim.SGD(params, lr=0.1), rescale=1)
@@ -219,7 +219,7 @@ def test_lawn_state_dict_round_trip_before_and_after_warmup(before):
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)["wrapper"]  # checkpoints load without unpickling code
+    state = torch.load(buffer, weights_only=True)["wrapper"]["state"]  # checkpoints load without unpickling code
     assert state["steps_taken"] == 3 and set(state["norms"]) == {0, 2}
     torch.testing.assert_close(state["norms"][2], model[2].weight.detach().norm(), atol=1e-14, rtol=0)
 

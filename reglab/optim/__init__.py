@@ -7,13 +7,14 @@ the loss (the SAM family) has ``requires_closure = True`` and is driven through
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+from reglab.optim.base import ConstrainedOptimizer, OptimizerWrapper, requires_closure
+from reglab.optim.classp import CLASSP
+from reglab.optim.lawn import LAWN
 from reglab.optim.mup import MupParam, coord_check, mlp_roles, mup_init_, mup_param_groups, mup_table
 from reglab.optim.orthogonal import (
     DEFAULT_HEAD_NAMES,
@@ -26,8 +27,10 @@ from reglab.optim.orthogonal import (
     lr_ratio,
     split_params,
 )
+from reglab.optim.orthograd import OrthoGrad, orthogonal_gradient
 from reglab.optim.perturbation import (
     AMP,
+    ASAM,
     GAM,
     GSAM,
     IGNITE,
@@ -51,34 +54,11 @@ from reglab.optim.schedules import (
     refined_schedule,
 )
 from reglab.optim.spectra import SPECTRA
-from reglab.optim.wrappers import CLASSP, LAWN, OptimizerWrapper, OrthoGrad, orthogonal_gradient
 
 
 def get(name: str, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name`` over ``params`` (e.g. ``get("sgd", model.parameters(), lr=0.1)``)."""
     return REGISTRY.get(name, params, **kwargs)
-
-
-def requires_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer.step`` must be given a closure that re-evaluates the loss.
-
-    True when the optimizer says so (``requires_closure = True``, the SAM family)
-    or when its ``step`` takes a ``closure`` argument without a default
-    (``torch.optim.LBFGS``).
-    """
-    if hasattr(optimizer, "requires_closure"):
-        return bool(optimizer.requires_closure)
-    return _step_needs_closure(type(optimizer))
-
-
-@functools.lru_cache(maxsize=256)
-def _step_needs_closure(cls: type) -> bool:
-    """Whether ``cls.step`` has a ``closure`` argument without a default (read once per class: it runs every step)."""
-    try:
-        closure = inspect.signature(cls.step).parameters.get("closure")
-    except (TypeError, ValueError):
-        return False
-    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 __all__ = [
@@ -92,6 +72,8 @@ __all__ = [
     "lr_ratio",
     "split_params",
     "AMP",
+    "ASAM",
+    "ConstrainedOptimizer",
     "GAM",
     "GSAM",
     "IGNITE",

@@ -63,7 +63,7 @@ Example:
     >>> from reglab.tasks import MODELS
     >>> base = MODELS.get("mlp", (16,), 4, width=64)
     >>> model = MODELS.get("mlp", (16,), 4, width=1024)
-    >>> mup_init_(model, base)
+    >>> table = mup_init_(model, base)
     >>> opt = torch.optim.Adam(mup_param_groups(model, base, lr=1e-3))   # lr tuned at width 64
 """
 
@@ -246,7 +246,10 @@ def mup_init_(
     Vectors (biases, gains) are left as they are.
 
     Example:
-        >>> mup_init_(model, base, std=math.sqrt(2))      # He-like scale for ReLU
+        >>> import math
+        >>> from reglab.tasks import MODELS
+        >>> base, model = MODELS.get("mlp", (16,), 4, width=64), MODELS.get("mlp", (16,), 4, width=256)
+        >>> table = mup_init_(model, base, std=math.sqrt(2))      # He-like scale for ReLU
 
     Args:
         model: the model, changed in place.
@@ -293,6 +296,8 @@ def mup_param_groups(
     optimizers keep extra keys), and schedulers scale every group alike.
 
     Example:
+        >>> from reglab.tasks import MODELS
+        >>> base, model = MODELS.get("mlp", (16,), 4, width=64), MODELS.get("mlp", (16,), 4, width=256)
         >>> groups = mup_param_groups(model, base, lr=0.1, optimizer="sgd")
         >>> opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
 
@@ -359,10 +364,11 @@ def coord_check(
     default init, variance ∝ 1/fan_in) and one lr for every parameter.
 
     Example:
+        >>> from reglab.tasks import MODELS
         >>> make = lambda n: MODELS.get("mlp", (16,), 4, width=n, depth=2)
         >>> x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
         >>> out = coord_check(make, [64, 256, 1024], (x, y), steps=4, lr=1e-2)
-        >>> out[1024][-1]["body.2"] / out[64][-1]["body.2"]    # ~1 under μP
+        >>> ratio = out[1024][-1]["body.2"] / out[64][-1]["body.2"]    # ~1 under μP
 
     Args:
         make_model: ``width -> model``; models of different widths share parameter names.

@@ -37,10 +37,24 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adamw import adamw
 
 from reglab.core.errors import ConfigError, ShapeError
-from reglab.core.validation import check_bool, check_choice, check_float, check_int
+from reglab.core.validation import (
+    Bool,
+    Constraint,
+    Float,
+    Int,
+    Nullable,
+    OneOf,
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_table,
+)
 from reglab.linalg.newton_schulz import QUINTIC, Coefficients, newton_schulz, ns_schedule
+from reglab.optim.base import ConstrainedOptimizer
 from reglab.optim.registry import REGISTRY
 
 __all__ = [
@@ -234,19 +248,10 @@ def _check_ns_dtype(name: str, value: Any) -> str | None:
     return check_choice(name, value, _NS_DTYPES)
 
 
-def _check_adjust(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    return check_choice(name, value, _ADJUST_LR)
-
-
-def _nonneg(name: str) -> Callable[[Any], float]:
-    return lambda v: check_float(name, v, 0.0)
-
-
-def _unit(name: str) -> Callable[[Any], float]:
-    return lambda v: check_float(name, v, 0.0, 1.0, high_open=True)
-
+UNIT = Float(0.0, 1.0, high_open=True)
+BETAS = Rule(_check_betas, ((0.9,), (0.9, 1.0), "0.9"))
+NS_COEFFICIENTS = Rule(_check_coefficients, ("no-such-preset", (1.0, 2.0)))
+NS_DTYPE = Rule(_check_ns_dtype, ("int8", 1))
 
 # --- shared kernels ----------------------------------------------------------------------------------------
 
@@ -277,24 +282,33 @@ def _momentum_direction(buf: Tensor, grad: Tensor, momentum: float, nesterov: bo
     return grad.add(buf, alpha=momentum) if nesterov else buf
 
 
-def _adamw_step(p: Tensor, grad: Tensor, state: dict[str, Any], group: Mapping[str, Any]) -> None:
-    """One ``torch.optim.AdamW`` step (single-tensor, not capturable), with the same operations."""
-    if "exp_avg" not in state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+def _adamw_step(params: list[Tensor], state: Mapping[Tensor, dict[str, Any]], group: Mapping[str, Any]) -> None:
+    """One ``torch.optim.AdamW`` step of ``params`` (each with a gradient), by torch's own functional kernel.
+
+    The state has AdamW's keys and layout (``step`` a float32 scalar tensor), so the iterates are torch's to the
+    bit, with torch's choice between its single-tensor and ``foreach`` implementations.
+    """
+    for p in params:
+        if not state[p]:
+            state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     beta1, beta2 = group["betas"]
-    lr = group["lr"]
-    state["step"] += 1
-    step = state["step"]
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    p.mul_(1 - lr * group["weight_decay"])
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-    p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    adamw(
+        params,
+        [p.grad for p in params],
+        [state[p]["exp_avg"] for p in params],
+        [state[p]["exp_avg_sq"] for p in params],
+        [],
+        [state[p]["step"] for p in params],
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=False,
+    )
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype | None:
@@ -308,7 +322,7 @@ def _dtype(name: str | None, device: torch.device) -> torch.dtype | None:
 # --- the shared optimizer ----------------------------------------------------------------------------------
 
 
-class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
+class OrthogonalOptimizer(ConstrainedOptimizer, abc.ABC):
     """Base class: matrix parameters get ``_direction``, the rest an AdamW step.
 
     Per step, for each matrix parameter ``W`` (viewed as ``rows x cols``) with
@@ -319,17 +333,17 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
         W <- W - (lr * s) * D
 
     and ``torch.optim.AdamW``'s step for the others. Subclasses set
-    ``_constraints`` (group key -> validator) and implement ``_direction``.
+    ``constraints`` (the matrix groups' rules; ``adamw_constraints`` are the
+    AdamW groups') and implement ``_direction``.
     ``step`` accepts an optional closure like every torch optimizer; the
     family never needs one (no ``requires_closure``).
     """
 
-    _constraints: ClassVar[dict[str, Callable[[Any], Any]]] = {}
-    _adamw_constraints: ClassVar[dict[str, Callable[[Any], Any]]] = {
-        "lr": _nonneg("adamw_lr"),
-        "betas": lambda v: _check_betas("adamw_betas", v),
-        "eps": _nonneg("adamw_eps"),
-        "weight_decay": _nonneg("adamw_weight_decay"),
+    adamw_constraints: ClassVar[Mapping[str, Constraint]] = {
+        "lr": Float(0.0),
+        "betas": BETAS,
+        "eps": Float(0.0),
+        "weight_decay": Float(0.0),
     }
 
     def __init__(
@@ -343,9 +357,27 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
         adamw_weight_decay: float,
     ):
         adamw = {"lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay}
-        self._adamw_defaults = {k: self._adamw_constraints[k](v) for k, v in adamw.items()}
-        defaults = {k: self._constraints[k](v) if k in self._constraints else v for k, v in defaults.items()}
+        self._adamw_defaults = {k: self.adamw_constraints[k]("adamw_" + k, v) for k, v in adamw.items()}
         super().__init__(_route(params), defaults)
+
+    @classmethod
+    def hyperparameter_constraints(cls) -> dict[str, Constraint]:
+        """The matrix update's rules, and the AdamW side's under their argument names (``adamw_lr``, ...)."""
+        return {**cls.constraints, **{"adamw_" + k: rule for k, rule in cls.adamw_constraints.items()}}
+
+    def group_constraints(self, group: Mapping[str, Any]) -> Mapping[str, Constraint]:
+        """The matrix update's rules for a ``use_muon=True`` group, AdamW's for the others."""
+        return self.constraints if group.get("use_muon", True) else self.adamw_constraints
+
+    def _extend_defaults(self, extra: dict[str, Any]) -> None:
+        """Add a subclass's matrix hyperparameters to the defaults and to every matrix group that lacks them."""
+        extra = check_table(self.constraints, extra)
+        self.defaults.update(extra)
+        for group in self.param_groups:
+            if group["use_muon"]:
+                for key, value in extra.items():
+                    group.setdefault(key, value)
+                group.update(check_table(self.constraints, group))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; ``use_muon`` (inferred from the dimensions when absent) picks its update.
@@ -378,15 +410,9 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
                     f"a use_muon=True group holds a parameter of shape {tuple(flat[0].shape)}; the matrix update "
                     "needs >= 2-D parameters; put it in a use_muon=False group (AdamW)"
                 )
-            for key, default in self.defaults.items():
-                group.setdefault(key, default)
-            for key, check in self._constraints.items():
-                group[key] = check(group[key])
         else:
             for key, default in self._adamw_defaults.items():
                 group.setdefault(key, default)
-            for key, check in self._adamw_constraints.items():
-                group[key] = check(group[key])
         super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -395,6 +421,11 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
             group.setdefault("use_muon", all(p.ndim >= 2 for p in group["params"]))
             for key, default in (self.defaults if group["use_muon"] else self._adamw_defaults).items():
                 group.setdefault(key, default)
+            if not group["use_muon"]:  # AdamW's step count was an int before it was torch's kernel
+                for p in group["params"]:
+                    step = self.state.get(p, {}).get("step")
+                    if step is not None and not torch.is_tensor(step):
+                        self.state[p]["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -404,15 +435,14 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ConfigError(f"{type(self).__name__} does not support sparse gradients")
-                if group["use_muon"]:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise ConfigError(f"{type(self).__name__} does not support sparse gradients")
+            if group["use_muon"]:
+                for p in params:
                     self._matrix_step(p, group)
-                else:
-                    _adamw_step(p, p.grad, self.state[p], group)
+            elif params:
+                _adamw_step(params, self.state, group)
         return loss
 
     def _matrix_step(self, p: Tensor, group: dict[str, Any]) -> None:
@@ -433,18 +463,18 @@ class OrthogonalOptimizer(torch.optim.Optimizer, abc.ABC):
         return _momentum_direction(state["momentum_buffer"], grad, group["momentum"], group["nesterov"], ema=ema)
 
 
-_MATRIX_CONSTRAINTS: dict[str, Callable[[Any], Any]] = {
-    "lr": _nonneg("lr"),
-    "weight_decay": _nonneg("weight_decay"),
-    "momentum": _unit("momentum"),
-    "nesterov": lambda v: check_bool("nesterov", v),
+_MATRIX_CONSTRAINTS: dict[str, Constraint] = {
+    "lr": Float(0.0),
+    "weight_decay": Float(0.0),
+    "momentum": UNIT,
+    "nesterov": Bool(),
 }
-_NS_CONSTRAINTS: dict[str, Callable[[Any], Any]] = {
-    "ns_coefficients": lambda v: _check_coefficients("ns_coefficients", v),
-    "eps": _nonneg("eps"),
-    "ns_steps": lambda v: check_int("ns_steps", v, 1, 100),
-    "adjust_lr_fn": lambda v: _check_adjust("adjust_lr_fn", v),
-    "ns_dtype": lambda v: _check_ns_dtype("ns_dtype", v),
+_NS_CONSTRAINTS: dict[str, Constraint] = {
+    "ns_coefficients": NS_COEFFICIENTS,
+    "eps": Float(0.0),
+    "ns_steps": Int(1, 100),
+    "adjust_lr_fn": Nullable(OneOf(_ADJUST_LR)),
+    "ns_dtype": NS_DTYPE,
 }
 
 
@@ -510,7 +540,7 @@ class Muon(OrthogonalOptimizer):
         ShapeError: a ``use_muon=True`` group with a parameter of fewer than 2 dimensions.
     """
 
-    _constraints = {**_MATRIX_CONSTRAINTS, **_NS_CONSTRAINTS}
+    constraints: ClassVar = {**_MATRIX_CONSTRAINTS, **_NS_CONSTRAINTS}
 
     def __init__(
         self,
@@ -610,7 +640,7 @@ class NorMuon(Muon):
         ShapeError: a ``use_muon=True`` group with a parameter of fewer than 2 dimensions.
     """
 
-    _constraints = {**Muon._constraints, "beta2": _unit("beta2"), "norm_eps": _nonneg("norm_eps")}
+    constraints: ClassVar = {**Muon.constraints, "beta2": UNIT, "norm_eps": Float(0.0)}
 
     def __init__(
         self,
@@ -632,28 +662,23 @@ class NorMuon(Muon):
         adamw_eps: float = 1e-8,
         adamw_weight_decay: float = 0.0,
     ):
-        defaults = dict(
+        super().__init__(
+            params,
             lr=lr,
             weight_decay=weight_decay,
             momentum=momentum,
-            beta2=beta2,
             nesterov=nesterov,
             ns_coefficients=ns_coefficients,
             eps=eps,
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
-            norm_eps=norm_eps,
             ns_dtype=ns_dtype,
-        )
-        OrthogonalOptimizer.__init__(
-            self,
-            params,
-            defaults,
             adamw_lr=adamw_lr,
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,
             adamw_weight_decay=adamw_weight_decay,
         )
+        self._extend_defaults({"beta2": beta2, "norm_eps": norm_eps})
 
     def _direction(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> tuple[Tensor, float]:
         ortho, scale = super()._direction(grad, state, group)
@@ -720,11 +745,11 @@ class AuON(OrthogonalOptimizer):
         ShapeError: a ``use_muon=True`` group with a parameter of fewer than 2 dimensions.
     """
 
-    _constraints = {
+    constraints: ClassVar = {
         **_MATRIX_CONSTRAINTS,
-        "gamma": lambda v: check_float("gamma", v, 0.0, low_open=True),
-        "hybrid": lambda v: check_bool("hybrid", v),
-        "ns_coefficients": _NS_CONSTRAINTS["ns_coefficients"],
+        "gamma": Float(0.0, low_open=True),
+        "hybrid": Bool(),
+        "ns_coefficients": NS_COEFFICIENTS,
     }
 
     def __init__(
@@ -791,10 +816,6 @@ def _check_table(name: str, value: Any) -> dict[tuple[int, int], tuple[float, fl
             raise ConfigError(f"{name} keys must be (rows, cols) pairs of positive ints, got {key!r}")
         table[(min(key), max(key))] = ns_schedule(_check_coefficients(f"{name}[{key!r}]", coeffs), 1)[0]
     return table
-
-
-def _check_threshold(name: str, value: Any) -> float | None:
-    return None if value is None else check_float(name, value, 0.0, low_open=True)
 
 
 def _quantile(x: Tensor, q: float) -> Tensor:
@@ -870,11 +891,11 @@ class ROOT(Muon):
         ShapeError: a ``use_muon=True`` group with a parameter of fewer than 2 dimensions.
     """
 
-    _constraints = {
-        **Muon._constraints,
-        "threshold_quantile": lambda v: check_float("threshold_quantile", v, 0.0, 1.0, low_open=True),
-        "threshold": lambda v: _check_threshold("threshold", v),
-        "coefficient_table": lambda v: _check_table("coefficient_table", v),
+    constraints: ClassVar = {
+        **Muon.constraints,
+        "threshold_quantile": Float(0.0, 1.0, low_open=True),
+        "threshold": Nullable(Float(0.0, low_open=True)),
+        "coefficient_table": Rule(_check_table, ([(1, 2)], {(0, 2): (3.4, -4.8, 2.0)}, {(2, 2): "quintic-typo"})),
     }
 
     def __init__(
@@ -898,28 +919,24 @@ class ROOT(Muon):
         adamw_eps: float = 1e-8,
         adamw_weight_decay: float = 0.0,
     ):
-        defaults = dict(
+        super().__init__(
+            params,
             lr=lr,
             weight_decay=weight_decay,
             momentum=momentum,
             nesterov=nesterov,
-            threshold_quantile=threshold_quantile,
-            threshold=threshold,
-            coefficient_table=coefficient_table,
             ns_coefficients=ns_coefficients,
             eps=eps,
             ns_steps=ns_steps,
-            ns_dtype=ns_dtype,
             adjust_lr_fn=adjust_lr_fn,
-        )
-        OrthogonalOptimizer.__init__(
-            self,
-            params,
-            defaults,
+            ns_dtype=ns_dtype,
             adamw_lr=adamw_lr,
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,
             adamw_weight_decay=adamw_weight_decay,
+        )
+        self._extend_defaults(
+            {"threshold_quantile": threshold_quantile, "threshold": threshold, "coefficient_table": coefficient_table}
         )
 
     def _direction(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> tuple[Tensor, float]:

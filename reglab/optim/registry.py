@@ -1,11 +1,11 @@
 """The optimizer registry (kept apart from ``__init__`` so member modules can import it).
 
-Every factory takes the parameters first (``params``, supplied by the caller,
-never by a config) and keyword arguments after. Wrappers (the SAM family,
-spectral clipping, ⊥Grad) are registered as factories that build their base
-optimizer from a ``base`` entry of the same ``{name: ..., kwargs}`` shape as
-any other config entry, e.g. ``{"name": "sam", "rho": 0.05, "base": {"name":
-"sgd", "lr": 0.1}}``.
+The registry holds the optimizer classes themselves, so each signature is
+written once. Every class takes the parameters first (``params``, supplied by
+the caller, never by a config) and keyword arguments after. Wrappers (the SAM
+family, SPECTRA, ⊥Grad, LAWN) build their base optimizer from a ``base`` entry
+of the same ``{name: ..., kwargs}`` shape as any other config entry, e.g.
+``{"name": "sam", "rho": 0.05, "base": {"name": "sgd", "lr": 0.1}}``.
 """
 
 from __future__ import annotations

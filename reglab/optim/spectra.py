@@ -7,20 +7,21 @@ Jiang, Semenov & Stich, "Enhancing LLM Training via Spectral Clipping", 2026
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import Float, Int, Nullable, OneOf
 from reglab.linalg.spectral_clip import soft_spectral_clip, spectral_clip
-from reglab.optim.registry import REGISTRY, build_base
-from reglab.optim.wrappers import OptimizerWrapper
+from reglab.optim.base import OptimizerWrapper
+from reglab.optim.registry import REGISTRY
 
-__all__ = ["SPECTRA", "spectra"]
+__all__ = ["SPECTRA"]
 
 
+@REGISTRY.register("spectra")
 class SPECTRA(OptimizerWrapper):
     """SPECTRA: clip the spectrum of any base optimizer's update to the spectral-norm ball of radius ``c``.
 
@@ -53,7 +54,7 @@ class SPECTRA(OptimizerWrapper):
     spikes of stochastic gradient noise.
 
     Departures from the reference code: no schedule of ``c`` (warm-up and decay
-    schedules there; change ``opt.c`` between steps for one), no
+    schedules there; set the groups' ``"spectra_c"`` between steps for one), no
     ``sqrt(max(1, rows / cols))`` rescaling of the clipped update (it would break
     the bound above), the soft clip runs in the parameter's dtype (the reference
     casts to bfloat16), and a hard mode by SVD. Recovering ``U`` with the
@@ -74,58 +75,63 @@ class SPECTRA(OptimizerWrapper):
         10 Newton–Schulz steps, weight decay 0.1.
 
     Args:
-        base: the optimizer whose updates are clipped.
+        params: the parameters or param groups, or a constructed base optimizer (then ``base`` is left out).
         c: the spectral-norm cap on the update direction, > 0.
         mode: ``"hard"`` (SVD, ``min(s, c)``) or ``"soft"`` (Newton–Schulz, ``s / sqrt(1 + s^2/c^2)``).
         ns_steps: Newton–Schulz iterations of the soft mode, >= 1.
         pre_clip: threshold for clipping the gradients' spectra before the base step, > 0, or None.
+        base: the base optimizer whose updates are clipped, by registry name or mapping (AdamW).
+
+    Every argument but ``base`` is also a key of each param group (``"spectra_c"``, ...), so groups may differ.
 
     Raises:
         ConfigError: a bad argument, or ``pre_clip`` with a base that re-evaluates the loss inside step.
     """
 
+    constraints: ClassVar = {
+        "c": Float(0.0, low_open=True),
+        "mode": OneOf(("hard", "soft")),
+        "ns_steps": Int(1),
+        "pre_clip": Nullable(Float(0.0, low_open=True)),
+    }
+    prefix = "spectra_"
+
     def __init__(
         self,
-        base: torch.optim.Optimizer,
+        params: Any,
         c: float = 1.0,
         *,
         mode: str = "hard",
         ns_steps: int = 10,
         pre_clip: float | None = None,
+        base: str | Mapping[str, Any] = "adamw",
     ):
-        super().__init__(base)
-        self.c = check_float("c", c, 0.0, low_open=True)
-        self.mode = check_choice("mode", mode, ("hard", "soft"))
-        self.ns_steps = check_int("ns_steps", ns_steps, 1)
-        self.pre_clip = None if pre_clip is None else check_float("pre_clip", pre_clip, 0.0, low_open=True)
-        if self.pre_clip is not None:
+        super().__init__(params, base, {"c": c, "mode": mode, "ns_steps": ns_steps, "pre_clip": pre_clip})
+        if any(group["spectra_pre_clip"] is not None for group in self.param_groups):
             self._require_plain_base("with pre_clip")
 
-    def _extra_repr(self) -> str:
-        return f"c={self.c:g}, mode={self.mode!r}, ns_steps={self.ns_steps}, pre_clip={self.pre_clip}, "
-
-    def clip(self, M: Tensor, c: float) -> Tensor | None:
-        """``M`` (a parameter-shaped tensor) with its matrix's spectrum clipped at ``c`` in this optimizer's mode.
+    @staticmethod
+    def clip(M: Tensor, c: float, group: Mapping[str, Any]) -> Tensor | None:
+        """``M`` (a parameter-shaped tensor) with its matrix's spectrum clipped at ``c`` in ``group``'s mode.
 
         Returns None in hard mode when the spectral norm is already <= c (nothing to change).
         """
         X = M.reshape(M.shape[0], -1)
-        if self.mode == "hard":
+        if group["spectra_mode"] == "hard":
             if torch.linalg.matrix_norm(X.float() if X.dtype in (torch.float16, torch.bfloat16) else X, ord=2) <= c:
                 return None
             return spectral_clip(X, c).view_as(M)
-        return soft_spectral_clip(X, c, steps=self.ns_steps).view_as(M)
+        return soft_spectral_clip(X, c, steps=group["spectra_ns_steps"]).view_as(M)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Pre-clip the gradients (if asked), take the base step, then post-clip each matrix update."""
         matrices = [(p, group) for group in self.param_groups for p in group["params"] if p.ndim >= 2]
-        if self.pre_clip is not None:
-            for p, _ in matrices:
-                if p.grad is not None:
-                    clipped = self.clip(p.grad, self.pre_clip)
-                    if clipped is not None:
-                        p.grad.copy_(clipped)
+        for p, group in matrices:
+            if group["spectra_pre_clip"] is not None and p.grad is not None:
+                clipped = self.clip(p.grad, group["spectra_pre_clip"], group)
+                if clipped is not None:
+                    p.grad.copy_(clipped)
         before = [p.detach().clone() for p, _ in matrices]
         loss = self.base.step(closure)
         for (p, group), x0 in zip(matrices, before):
@@ -134,21 +140,7 @@ class SPECTRA(OptimizerWrapper):
                 continue  # the base did not move it (no gradient), or there is no direction to recover
             decay = float(group.get("weight_decay", 0.0))
             update = (x0 - p) / lr - decay * x0
-            clipped = self.clip(update, self.c)
+            clipped = self.clip(update, group["spectra_c"], group)
             if clipped is not None:
                 p.copy_((1 - lr * decay) * x0 - lr * clipped)
         return loss
-
-
-@REGISTRY.register("spectra")
-def spectra(
-    params: Iterable[Any],
-    c: float = 1.0,
-    *,
-    mode: str = "hard",
-    ns_steps: int = 10,
-    pre_clip: float | None = None,
-    base: str | Mapping[str, Any] = "adamw",
-) -> SPECTRA:
-    """SPECTRA (Jiang et al., 2026): spectral clipping of any base optimizer's matrix updates at c."""
-    return SPECTRA(build_base(params, base), c, mode=mode, ns_steps=ns_steps, pre_clip=pre_clip)
