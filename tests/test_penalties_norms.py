@@ -583,3 +583,124 @@ def test_weight_compander_in_train_step(tiny):
     assert not torch.equal(tiny.out.parametrizations.weight[0].log_max_abs.detach(), log_a)  # phi is learned
     for m in (tiny.body[0], tiny.out):
         assert (m.weight.abs() < m.parametrizations.weight[0].max_abs).all()
+
+
+# -- the fused kernels: against per-tensor float64 oracles ------------------------------------------------
+
+
+class Mixed(nn.Module):
+    """A float64 and a float32 Linear, a frozen layer, a zero bias and one weight shared by two modules."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.a = nn.Linear(4, 3).double()
+        self.b = nn.Linear(3, 5)
+        self.frozen = nn.Linear(5, 2)
+        self.frozen.requires_grad_(False)
+        self.tied = nn.Linear(4, 3, bias=False).double()
+        self.tied.weight = self.a.weight  # counted once, as named_parameters does
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+            self.b.bias.zero_()
+
+
+def _oracle_grads(model, value_fn):
+    """Value and per-parameter gradients of ``value_fn(list of float64 leaf copies)``, for the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    leaves = [p.detach().double().requires_grad_(True) for p in params]
+    value = value_fn(leaves)
+    return value.item(), torch.autograd.grad(value, leaves, allow_unused=True), params
+
+
+@pytest.mark.parametrize(
+    ("make", "oracle"),
+    [
+        (lambda: L2(0.3), lambda ps, _: 0.15 * sum(p.pow(2).sum() for p in ps)),
+        (lambda: L1(0.3), lambda ps, _: 0.3 * sum(p.abs().sum() for p in ps)),
+        (
+            lambda: ElasticNet(0.3, alpha=0.25),
+            lambda ps, _: 0.3 * sum(0.25 * p.abs().sum() + 0.375 * p.pow(2).sum() for p in ps),
+        ),
+        (lambda: L2ToInit(0.3), lambda ps, a: 0.15 * sum((p - q).pow(2).sum() for p, q in zip(ps, a))),
+        (lambda: GroupLasso(0.3), None),
+        (lambda: NormLoss(0.3), None),
+    ],
+    ids=["l2", "l1", "elastic_net", "l2_to_init", "group_lasso", "norm_loss"],
+)
+def test_fused_kernels_on_mixed_dtypes_frozen_zero_and_shared_parameters(make, oracle):
+    """Value and gradient of each fused penalty equal the per-tensor formula in float64: every trainable parameter
+    once (the shared weight too), the frozen ones left out, a zero bias with subgradient 0, float32 and float64 mixed.
+
+    Tolerance: the float32 tensors enter both sides exactly (the oracle upcasts them); the kernels sum the float32
+    terms in float32, so the value differs by ~ n * 2^-24 relative (n <= 20 terms per tensor) and the float32
+    gradients by one rounding (2^-24 relative): rtol 1e-5 bounds both; a formula error is O(1) relative.
+    """
+    model = Mixed()
+    penalty = make()
+    anchors = [p.detach().double() + 0.1 for p in model.parameters() if p.requires_grad]
+    if isinstance(penalty, L2ToInit):
+        penalty.reset(model)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1)
+        anchors = [a - 0.1 for a in anchors]
+    if oracle is None:  # the structured penalties cover the matrices only
+        groups = lambda p: torch.linalg.vector_norm(p.flatten(1), dim=1)  # noqa: E731
+        if isinstance(penalty, GroupLasso):
+            oracle = lambda ps, _: 0.3 * sum(math.sqrt(p.shape[1]) * groups(p).sum() for p in ps if p.ndim >= 2)  # noqa: E731
+        else:
+            oracle = lambda ps, _: 0.3 * sum((groups(p) - 1).pow(2).sum() for p in ps if p.ndim >= 2)  # noqa: E731
+    expected, grads, params = _oracle_grads(model, lambda ps: oracle(ps, anchors))
+    ctx = StepContext(model=model, inputs=torch.zeros(1, 4), targets=torch.zeros(1, dtype=torch.long))
+    value = penalty(ctx)
+    assert value.dtype == torch.float64  # promoted, as the sum of the per-tensor terms is
+    torch.testing.assert_close(value.detach(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=0)
+    value.backward()
+    for p, g in zip(params, grads):
+        if g is None:  # a vector under a penalty on matrices
+            assert p.grad is None
+            continue
+        assert p.grad is not None and p.grad.dtype == p.dtype
+        torch.testing.assert_close(p.grad.double(), g, rtol=1e-5, atol=1e-7)
+    assert all(p.grad is None for p in model.frozen.parameters())
+    if isinstance(penalty, (L1, ElasticNet)):
+        assert (model.b.bias.grad == 0).all()  # the subgradient of |x| at 0
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: L2(0.3), lambda: L1(0.3), lambda: ElasticNet(0.3), lambda: GroupLasso(0.3), lambda: NormLoss(0.3)]
+)
+def test_fused_kernels_have_the_second_derivatives_of_the_formula(conv_ctx, make):
+    """gradgradcheck (float64, central differences of the gradient) through the hand-written backward passes."""
+    f, inputs = _as_function(make(), conv_ctx)
+    assert all((t.abs() > 1e-3).all() for t in inputs)  # away from the kink of |x| at 0
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_parameter_selection_follows_the_model_between_calls(ctx):
+    """Nothing stale is reused: freezing, replacing a layer and re-anchoring all show in the next value."""
+    model = ctx.model
+    l2, to_init = L2(1.0), L2ToInit(1.0)
+    total = lambda: 0.5 * sum(p.detach().pow(2).sum() for p in model.parameters() if p.requires_grad)  # noqa: E731
+    _close(l2(ctx), total().item())
+    to_init(ctx)
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    _close(l2(ctx), total().item())
+    _close(to_init(ctx), 0.0)
+    first.requires_grad_(True)
+    with torch.no_grad():
+        first.add_(1.0)
+    _close(to_init(ctx), 0.5 * first.numel())
+    name = next(n for n, m in model.named_children() if isinstance(m, nn.Linear))
+    old = getattr(model, name)
+    setattr(model, name, nn.Linear(old.in_features, old.out_features).double())
+    _close(l2(ctx), total().item())
+    with pytest.raises(ConfigError, match="does not match the stored anchor"):
+        setattr(model, name, nn.Linear(old.in_features, old.out_features + 1).double())
+        to_init(ctx)
+    to_init.reset(model)
+    _close(to_init(ctx), 0.0)

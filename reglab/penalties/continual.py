@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 from reglab.core import ConfigError, Penalty, ReglabError, ShapeError, StepContext
 from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.linalg.functional import on_model_device
-from reglab.penalties.norms import selected_parameters
+from reglab.penalties.norms import IdentityCache, elastic_distance, selected_parameters, selected_tensors
 from reglab.penalties.registry import REGISTRY
 
 FISHER_KINDS = ("exact", "sample", "empirical")
@@ -328,6 +328,7 @@ class EWC(Penalty):
         self.fisher = check_choice("fisher", fisher, FISHER_KINDS)
         self.params = check_choice("params", params, ("all", "weights"))
         self.register_buffer("num_tasks", torch.zeros((), dtype=torch.long))
+        self._state = IdentityCache()
 
     @property
     def consolidated(self) -> bool:
@@ -387,26 +388,42 @@ class EWC(Penalty):
         return fisher
 
     def compute(self, ctx: StepContext) -> Tensor:
-        named = list(selected_parameters(ctx.model, self.params))
-        if not self.consolidated:
-            ref = named[0][1] if named else None
-            if ref is None:
-                return torch.zeros(())
-            return torch.zeros((), dtype=ref.dtype, device=ref.device)
+        params = selected_tensors(ctx.model, self.params)
+        # rebuilt when consolidate, reset or loading registers buffers, or the parameters change
+        tasks = self._state.get([*params, *self._buffers.values()], lambda: self._match(ctx.model))
+        if not tasks or not params:
+            return params[0].new_zeros(()) if params else torch.zeros(())
+        if any(t.shape != p.shape for thetas, _ in tasks for t, p in zip(thetas, params)):
+            self._match(ctx.model)  # a parameter changed shape in place: raises, naming it
         total = None
+        for thetas, fishers in tasks:
+            thetas = [t if t.dtype == p.dtype and t.device == p.device else t.to(p) for t, p in zip(thetas, params)]
+            fishers = [f if f.dtype == p.dtype and f.device == p.device else f.to(p) for f, p in zip(fishers, params)]
+            term = elastic_distance(params, l2=self.gamma if self.online else 1.0, anchors=thetas, weights=fishers)
+            total = term if total is None else total + term
+        return total
+
+    def _match(self, model: nn.Module) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """``(theta*, F)`` of each task for the selected parameters, in order (none before the first consolidate);
+        ConfigError naming a parameter that has none."""
+        if not self.consolidated:
+            return []
+        named = list(selected_parameters(model, self.params))
+        tasks = []
         for task in [0] if self.online else range(int(self.num_tasks)):
+            thetas, fishers = [], []
             for pname, p in named:
-                theta = getattr(self, _key("theta", task, pname), None)
-                fisher = getattr(self, _key("fisher", task, pname), None)
+                theta = self._buffers.get(_key("theta", task, pname))
+                fisher = self._buffers.get(_key("fisher", task, pname))
                 if theta is None or fisher is None or theta.shape != p.shape:
                     raise ConfigError(
                         f"{self.name}: parameter {pname!r} {tuple(p.shape)} was not consolidated with this shape "
                         f"(task {task}); call consolidate(model, ...) on the model being trained"
                     )
-                term = (fisher.to(p) * (p - theta.to(p)).pow(2)).sum()
-                total = term if total is None else total + term
-        scale = 0.5 * (self.gamma if self.online else 1.0)
-        return scale * total
+                thetas.append(theta)
+                fishers.append(fisher)
+            tasks.append((thetas, fishers))
+        return tasks
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # create the per-task buffers a fresh instance does not have yet, so that loading round-trips
