@@ -12,10 +12,8 @@ from torch import nn
 
 from reglab import tasks
 from reglab.core import ConfigError, ShapeError
+from reglab.diagnostics.gradient_probes import GradientCoherenceProbe, GradientNoiseScaleProbe, GrokkingStatsProbe
 from reglab.diagnostics.gradients import (
-    GradientCoherenceProbe,
-    GradientNoiseScaleProbe,
-    GrokkingStatsProbe,
     coherence_from_gradients,
     effective_learning_rate,
     gradient_coherence,

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from reglab import tasks
 from reglab.core import ConfigError, ShapeError
-from reglab.diagnostics.landscape import (
+from reglab.diagnostics import (
     LandscapeResult,
     RandomSharpnessProbe,
     SurfaceResult,

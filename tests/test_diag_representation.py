@@ -12,8 +12,7 @@ from torch import nn
 
 from reglab import tasks
 from reglab.core import ConfigError, MissingContextError, ShapeError
-from reglab.diagnostics.registry import REGISTRY
-from reglab.diagnostics.representation import (
+from reglab.diagnostics import (
     EffectiveRankProbe,
     NeuralCollapseProbe,
     effective_rank,
@@ -25,6 +24,7 @@ from reglab.diagnostics.representation import (
     spectral_probe_features,
     stable_rank,
 )
+from reglab.diagnostics.registry import REGISTRY
 from reglab.losses import CrossEntropy
 from reglab.train import Trainer
 
@@ -515,9 +515,9 @@ def test_diagnostics_restore_each_submodules_mode():
     import torch
     from torch import nn
 
+    from reglab.diagnostics import feature_rank, neural_collapse
     from reglab.diagnostics.calibration import calibration_report
     from reglab.diagnostics.lipschitz import lipschitz_bounds
-    from reglab.diagnostics.representation import feature_rank, neural_collapse
 
     class Net(nn.Module):
         def __init__(self):

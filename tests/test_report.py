@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import stats
 
 from reglab.core import StoreError
+from reglab.diagnostics import REGISTRY
 from reglab.experiments import Store, write_report
 from reglab.experiments.report import mean_ci, probe_sections, summary_table
 
@@ -205,6 +206,78 @@ def test_probe_sections_place_every_name_once_with_special_panels():
     assert sections[2].panels[0].log is True  # neural collapse on a log scale
     (lip,) = sections[3].panels  # upper and lower bounds in one panel
     assert lip.metrics == ("probe/lipschitz/product_bound", "probe/lipschitz/sampled_lower")
+
+
+#: The section titles, in page order, and the axes titles the report showed when both were hard-coded in it; the
+#: probes declare them now (``report_section``, ``labels``) and the same store must give the same report.
+BEFORE_SECTIONS = {
+    "sharpness": "Sharpness and the edge of stability",
+    "calibration": "Calibration",
+    "neural_collapse": "Neural collapse",
+    "lipschitz": "Lipschitz constant",
+    "rank": "Effective and stable rank",
+    "weight_norm": "Weight norm",
+    "gradients": "Gradient statistics",
+}
+BEFORE_LABELS = {
+    "sharpness": r"$\lambda_{\max}$ (sharpness) and $2/\eta$",
+    "sharpness_trace": r"tr$(H)$ (Hessian trace)",
+    "stability_threshold": r"stability limit $2/\eta$",
+    "sharpness_1d": "random-direction sharpness (max)",
+    "sharpness_1d_mean": "random-direction sharpness (mean)",
+    "calibration/ece": "ECE (equal-width bins)",
+    "calibration/ece_equal_mass": "ECE (equal-mass bins)",
+    "calibration/mce": "MCE (max calibration error)",
+    "calibration/nll": "NLL",
+    "calibration/brier": "Brier score",
+    "calibration/aurc": "AURC (risk-coverage)",
+    "neural_collapse/nc1": "NC1: within-class variability",
+    "neural_collapse/nc2_equinorm": "NC2: equinorm",
+    "neural_collapse/nc2_equiangle": "NC2: equiangularity",
+    "neural_collapse/nc2_maxangle": "NC2: max-angle",
+    "neural_collapse/nc2_etf": "NC2: distance to simplex ETF",
+    "neural_collapse/nc3": "NC3: self-duality",
+    "neural_collapse/nc4": "NC4: NCC disagreement",
+    "weight_norm": r"$\|\theta\|_2$",
+    "gradient_coherence/alpha": r"gradient coherence $\alpha$",
+    "gradient_coherence/m_coherence": "m-coherence",
+    "gradient_noise_scale/b_simple": r"$B_{simple}$ = tr$(\Sigma)/|G|^2$",
+    "gradient_noise_scale/trace_sigma": r"tr$(\Sigma)$",
+    "gradient_noise_scale/grad_sq_norm": r"$|G|^2$",
+    "grokking/nlm_cosine": "NLM cosine",
+    "grokking/sc_fraction": "Softmax-Collapse fraction",
+    "grokking/zero_loss_fraction": "zero-loss fraction",
+    "grokking/weight_norm": r"$\|\theta\|_2$",
+    "grokking/effective_lr": "effective learning rate",
+}
+
+
+def test_report_sections_and_labels_are_the_ones_the_probes_declare(tmp_path):
+    """A store with the metrics of every registered probe gives the sections and axes titles it always gave."""
+    names = [*BEFORE_LABELS, "lipschitz/product_bound", "lipschitz/sampled_lower", "lipschitz/ibp_bound"]
+    names += ["effective_rank/features", "stable_rank/features", "effective_rank/0.weight", "ntk_change/alignment"]
+    with Store(tmp_path / "runs.db") as store:
+        for seed in (0, 1):
+            probe = [(step, "probe", name, 1.0 + step + seed) for step in (0, 5, 10) for name in names]
+            _run(store, "m", seed, metrics=[*_curves(0.8), *probe])
+        index = write_report(store, tmp_path / "rep")
+    text = index.read_text()
+    sections = probe_sections(names)
+    assert [s.key for s in sections] == [*BEFORE_SECTIONS, "ntk_change"]  # NTK change was grouped by its prefix
+    for section in sections:
+        assert f'id="probe-{section.key}"' in text and str(escape(section.title)) in text
+        assert str(escape(section.description)) in text
+        _assert_png(tmp_path / "rep" / f"curve_probe_{section.key}.png")
+    assert {s.key: s.title for s in sections if s.key in BEFORE_SECTIONS} == BEFORE_SECTIONS
+    titles = {p.metrics[0].split("/", 1)[1]: p.title for s in sections for p in s.panels if len(p.metrics) == 1}
+    for name, label in BEFORE_LABELS.items():
+        if name != "stability_threshold":  # drawn as the dashed threshold of the sharpness panel
+            assert titles[name] == label, name
+    assert titles["_eos_ratio"] == r"$\lambda_{\max}\cdot\eta/2$ (1 = edge of stability)"
+    assert REGISTRY.entry("sharpness").factory.label("stability_threshold") == BEFORE_LABELS["stability_threshold"]
+    assert titles["effective_rank/0.weight"] == "effective rank of 0.weight"
+    (lipschitz,) = next(s for s in sections if s.key == "lipschitz").panels  # bounds in one panel, as before
+    assert lipschitz.title == "Lipschitz bounds" and len(lipschitz.metrics) == 3
 
 
 def test_unfinished_runs_are_listed_and_do_not_break_the_statistics(tmp_path):

@@ -15,7 +15,6 @@ from reglab.diagnostics.calibration import (
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
-    plot_reliability,
 )
 from reglab.diagnostics.curvature import (
     SharpnessProbe,
@@ -23,15 +22,13 @@ from reglab.diagnostics.curvature import (
     hessian_density,
     hessian_eigs,
     hessian_trace,
-    plot_density,
     stability_report,
 )
+from reglab.diagnostics.directions import normalize_direction, random_directions
+from reglab.diagnostics.gradient_probes import GradientCoherenceProbe, GradientNoiseScaleProbe, GrokkingStatsProbe
 from reglab.diagnostics.gradients import (
     CoherenceResult,
-    GradientCoherenceProbe,
-    GradientNoiseScaleProbe,
     GrokkingStats,
-    GrokkingStatsProbe,
     NoiseScaleResult,
     coherence_from_gradients,
     effective_learning_rate,
@@ -50,40 +47,22 @@ from reglab.diagnostics.kernels import (
     relative_kernel_change,
     relative_weight_change,
 )
-from reglab.diagnostics.landscape import (
-    LandscapeResult,
-    RandomSharpnessProbe,
-    SharpnessResult,
-    SurfaceResult,
-    along_direction,
-    barrier,
-    interpolate,
-    normalize_direction,
-    plot_contour,
-    plot_curve,
-    plot_surface,
-    random_directions,
-    random_sharpness,
-    surface,
-)
+from reglab.diagnostics.landscape import along_direction, barrier, interpolate, random_sharpness, surface
+from reglab.diagnostics.landscape_probes import RandomSharpnessProbe
+from reglab.diagnostics.landscape_results import LandscapeResult, SharpnessResult, SurfaceResult
 from reglab.diagnostics.lipschitz import LipschitzProbe, LipschitzResult, lipschitz_bounds
-from reglab.diagnostics.probe import Probe
+from reglab.diagnostics.malignant_tail import spectral_probe, spectral_probe_features
+from reglab.diagnostics.neural_collapse import neural_collapse, neural_collapse_metrics
+from reglab.diagnostics.plots import plot_contour, plot_curve, plot_density, plot_reliability, plot_surface
+from reglab.diagnostics.probe import Probe, ReportSection
+from reglab.diagnostics.rank import effective_rank, feature_rank, rank_metrics, stable_rank
 from reglab.diagnostics.registry import REGISTRY
-from reglab.diagnostics.representation import (
-    EffectiveRankProbe,
+from reglab.diagnostics.representation_probes import EffectiveRankProbe, NeuralCollapseProbe
+from reglab.diagnostics.representation_results import (
     FeatureRankResult,
-    NeuralCollapseProbe,
     NeuralCollapseResult,
     RankResult,
     SpectralProbeResult,
-    effective_rank,
-    feature_rank,
-    neural_collapse,
-    neural_collapse_metrics,
-    rank_metrics,
-    spectral_probe,
-    spectral_probe_features,
-    stable_rank,
 )
 from reglab.diagnostics.weights import WeightNormProbe, WeightNormResult, weight_norm
 
@@ -156,6 +135,7 @@ __all__ = [
     "CalibrationProbe",
     "CalibrationResult",
     "Probe",
+    "ReportSection",
     "WeightNormProbe",
     "WeightNormResult",
     "aurc",

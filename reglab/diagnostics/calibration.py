@@ -1,4 +1,4 @@
-"""Calibration: ECE (equal-width and equal-mass bins), MCE, NLL, Brier score, AURC and reliability diagrams.
+"""Calibration: ECE (equal-width and equal-mass bins), MCE, NLL, Brier score, AURC, reliability bins; their probe.
 
 All metrics take class probabilities ``probs`` of shape (n, K) and integer
 labels of shape (n,); :func:`calibration_report` computes them for a model on
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 
 from reglab.core import ConfigError, ShapeError
 from reglab.core.validation import check_int
-from reglab.diagnostics.probe import Probe
+from reglab.diagnostics.probe import Probe, ReportSection
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.functional import eval_mode, on_model_device
 
@@ -174,31 +173,24 @@ def calibration_report(model: nn.Module, data: Any, n_bins: int = 15, batch_size
     return calibration_metrics(logits.double().softmax(1), y, n_bins)
 
 
-def plot_reliability(result: CalibrationResult, path: str | Path, title: str = "reliability diagram") -> Path:
-    """Save a reliability diagram (accuracy against confidence per bin, with the diagonal) as a PNG."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list are left alone
-
-    bins = result.bins
-    fig = Figure(figsize=(4, 4), dpi=110)
-    ax = fig.subplots()
-    width = 1.0 / result.n_bins
-    ax.bar(bins["confidence"], bins["accuracy"], width=width * 0.9, alpha=0.7, label="accuracy", edgecolor="k")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE {result.ece:.3f}, accuracy {result.accuracy:.3f}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
-
-
 @REGISTRY.register("calibration")
 class CalibrationProbe(Probe):
     """Logs test-set ECE, MCE, NLL, Brier and AURC every N steps (metrics ``calibration/<name>``)."""
+
+    report_section = ReportSection(
+        "calibration",
+        "Calibration",
+        "Expected and maximum calibration error, NLL, Brier score and AURC of the predictions; lower is better.",
+        order=20,
+    )
+    labels = {
+        "calibration/ece": "ECE (equal-width bins)",
+        "calibration/ece_equal_mass": "ECE (equal-mass bins)",
+        "calibration/mce": "MCE (max calibration error)",
+        "calibration/nll": "NLL",
+        "calibration/brier": "Brier score",
+        "calibration/aurc": "AURC (risk-coverage)",
+    }
 
     def __init__(self, every: int = 100, n_bins: int = 15):
         super().__init__(every)

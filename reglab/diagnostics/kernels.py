@@ -41,7 +41,7 @@ from torch.func import jacrev, vmap
 
 from reglab.core.errors import ConfigError, ShapeError
 from reglab.core.validation import check_choice, check_int
-from reglab.diagnostics.probe import Probe
+from reglab.diagnostics.probe import Probe, ReportSection
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.functional import FunctionalModel, select_params
 
@@ -319,6 +319,20 @@ class NTKChangeProbe(Probe):
         chunk_size: examples per Jacobian evaluation, or None to size chunks by memory (see :func:`empirical_ntk`).
         seed: subsample seed.
     """
+
+    report_section = ReportSection(
+        "ntk_change",
+        "Neural tangent kernel change",
+        "Relative change of the weights and of the empirical NTK since the start of training, and the kernel's "
+        "alignment with the labels; lazy training keeps both changes near 0 (Chizat et al. 2019, On Lazy Training "
+        "in Differentiable Programming).",
+        order=80,
+    )
+    labels = {
+        "ntk_change/weight_change": r"weight change $\|\theta_t-\theta_0\|/\|\theta_0\|$",
+        "ntk_change/kernel_change": r"NTK change $\|\Theta_t-\Theta_0\|_F/\|\Theta_0\|_F$",
+        "ntk_change/alignment": "NTK-label alignment",
+    }
 
     def __init__(self, every: int = 100, n_examples: int = 64, chunk_size: int | None = None, seed: int = 0):
         super().__init__(every)

@@ -57,7 +57,7 @@ from torch.func import functional_call
 
 from reglab.core import ConfigError, ShapeError
 from reglab.core.validation import check_bool, check_float, check_int
-from reglab.diagnostics.probe import Probe
+from reglab.diagnostics.probe import Probe, ReportSection
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.conv_spectrum import conv_norm_bound
 from reglab.linalg.functional import eval_mode
@@ -486,6 +486,19 @@ class LipschitzProbe(Probe):
         ibp: also log the IBP bound (raises at the first measurement when the model is not a ReLU MLP chain).
         seed: seed of the subsample and of the random points.
     """
+
+    report_section = ReportSection(
+        "lipschitz",
+        "Lipschitz constant",
+        "Upper bounds (product of layer norms, interval bound) and the sampled lower bound of the network's "
+        "Lipschitz constant; the true constant lies between them.",
+        order=40,
+    )
+    labels = {
+        "lipschitz/product_bound": "product of layer norms (upper bound)",
+        "lipschitz/ibp_bound": "interval bound (upper bound)",
+        "lipschitz/sampled_lower": "largest sampled Jacobian norm (lower bound)",
+    }
 
     def __init__(
         self,

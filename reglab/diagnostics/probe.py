@@ -1,9 +1,11 @@
-"""The probe base class: run a measurement every N steps and log its numbers."""
+"""The probe base class: run a measurement every N steps, log its numbers, and say where the report shows them."""
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,18 +23,74 @@ def probe_loss(trainer: Any) -> Any:
     return loss_fn
 
 
+@dataclass(frozen=True)
+class ReportSection:
+    """A section of the HTML report (:func:`reglab.experiments.write_report`) that shows probe metrics.
+
+    Attributes:
+        key: snake_case id; the page anchor is ``probe-<key>`` and the figure ``curve_probe_<key>.png``.
+        title: the section's heading.
+        description: what the section shows, in a sentence or two, with the paper it comes from.
+        order: place on the page, lower first; sections of metrics that no probe declares follow them all.
+    """
+
+    key: str
+    title: str
+    description: str
+    order: int
+
+
 class Probe(Callback, abc.ABC):
     """A callback that measures every ``every`` steps (and at the last step) and logs to split ``probe``.
 
     Subclasses implement :meth:`measure`, returning ``{metric name: value}``;
     each value is logged as ``(step, "probe", name, value)``.
 
+    Each registered probe also says where the report shows its metrics, in two
+    class attributes that :mod:`reglab.experiments.report` reads from the probe
+    registry:
+
+    - ``report_section``: a :class:`ReportSection`. Probes that measure the same
+      thing share one object (the Hessian and the random-direction sharpness
+      probes both use :data:`reglab.diagnostics.curvature.SHARPNESS_SECTION`).
+    - ``labels``: ``{metric name: axes title}`` for every metric the probe can
+      log (matplotlib mathtext allowed). A key ending in ``*`` covers names that
+      depend on the model, such as one metric per parameter: it labels every
+      name that starts with what precedes the ``*``, and ``{}`` in its title
+      stands for the rest of the name (``"stable_rank/*": "stable rank of {}"``).
+      An exact key wins over a pattern.
+
+    A probe that declares neither (a user's own, say) works the same; the report
+    groups its metrics by the prefix of their names and titles each by its name.
+
+    Example:
+        >>> class Steps(Probe):
+        ...     report_section = ReportSection("steps", "Steps", "The optimizer step.", order=100)
+        ...     labels = {"steps/count": "optimizer steps", "steps/lr/*": "learning rate of group {}"}
+        ...     def measure(self, trainer):
+        ...         return {"steps/count": trainer.step}
+        >>> Steps.label("steps/count"), Steps.label("steps/lr/0"), Steps.label("loss")
+        ('optimizer steps', 'learning rate of group 0', None)
+
     Args:
         every: measure every this many optimizer steps, >= 1.
     """
 
+    report_section: ClassVar[ReportSection | None] = None
+    labels: ClassVar[Mapping[str, str]] = {}
+
     def __init__(self, every: int = 100):
         self.every = check_int("every", every, 1)
+
+    @classmethod
+    def label(cls, name: str) -> str | None:
+        """The axes title of metric ``name`` from :attr:`labels`, or None when this probe does not declare it."""
+        if name in cls.labels:
+            return cls.labels[name]
+        for key, title in cls.labels.items():
+            if key.endswith("*") and name.startswith(key[:-1]):
+                return title.replace("{}", name[len(key) - 1 :])
+        return None
 
     @abc.abstractmethod
     def measure(self, trainer: Any) -> dict[str, float]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reglab.diagnostics.probe import Probe
+from reglab.diagnostics.probe import Probe, ReportSection
 from reglab.diagnostics.registry import REGISTRY
 
 
@@ -41,6 +41,11 @@ def weight_norm(model: nn.Module) -> WeightNormResult:
 @REGISTRY.register("weight_norm")
 class WeightNormProbe(Probe):
     """Logs the total parameter norm ||theta||_2 (metric ``weight_norm``) every N steps."""
+
+    report_section = ReportSection(
+        "weight_norm", "Weight norm", "The Euclidean norm of all trainable parameters.", order=60
+    )
+    labels = {"weight_norm": r"$\|\theta\|_2$"}
 
     def measure(self, trainer: Any) -> dict[str, float]:
         return {"weight_norm": weight_norm(trainer.model).total}

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -48,13 +47,12 @@ from scipy import stats as _stats
 
 from reglab import __version__  # noqa: E402
 from reglab.core import ReglabError, StoreError  # noqa: E402
+from reglab.diagnostics import REGISTRY, Probe, ReportSection  # noqa: E402
 from reglab.experiments.config import config_hash, parse_config  # noqa: E402
 from reglab.experiments.store import FINAL_STATUSES, Store  # noqa: E402
 
 __all__ = [
     "CURVES",
-    "LABELS",
-    "PROBE_SECTIONS",
     "TABLE_METRICS",
     "Cell",
     "Panel",
@@ -85,8 +83,9 @@ CONFIDENCE = 0.95
 #: Most panels drawn in one PNG; a section with more gets several PNGs.
 MAX_PANELS = 9
 
-# Probe metric derived by the report: λ_max · η / 2 (1 at the edge of stability).
+# Probe metric derived by the report: λ_max · η / 2 (1 at the edge of stability), and its axes title.
 _EOS_RATIO = "probe/_eos_ratio"
+_EOS_RATIO_LABEL = r"$\lambda_{\max}\cdot\eta/2$ (1 = edge of stability)"
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
@@ -345,130 +344,47 @@ class Section:
         return sorted(m.split("/", 1)[1] for m in names if m != _EOS_RATIO)
 
 
-#: (key, title, description, name patterns) of the probe sections with their own treatment, in page order.
-#: A probe metric goes to the first section whose pattern it matches (fnmatch); the others are grouped by prefix.
-PROBE_SECTIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    (
-        "sharpness",
-        "Sharpness and the edge of stability",
-        "λ_max of the training-loss Hessian with the stability limit 2/η (dashed): full-batch gradient descent "
-        "sharpens progressively until λ_max reaches 2/η, then hovers there (Cohen et al. 2021, Gradient Descent "
-        "on Neural Networks Typically Occurs at the Edge of Stability).",
-        ("sharpness", "stability_threshold", "sharpness_*", "sharpness/*"),
-    ),
-    (
-        "calibration",
-        "Calibration",
-        "Expected and maximum calibration error, NLL, Brier score and AURC of the predictions; lower is better.",
-        ("calibration/*",),
-    ),
-    (
-        "neural_collapse",
-        "Neural collapse",
-        "NC1 (within-class variability), NC2 (class means approaching a simplex ETF), NC3 (classifier aligned "
-        "with the class means), NC4 (nearest-class-centre agreement) on a log scale; all go to 0 under collapse "
-        "(Papyan, Han, Donoho 2020, Prevalence of Neural Collapse during the Terminal Phase of Deep Learning "
-        "Training).",
-        ("neural_collapse/*",),
-    ),
-    (
-        "lipschitz",
-        "Lipschitz constant",
-        "Upper bounds (product of layer norms, interval bound) and the sampled lower bound of the network's "
-        "Lipschitz constant; the true constant lies between them.",
-        ("lipschitz*",),
-    ),
-    (
-        "rank",
-        "Effective and stable rank",
-        "Effective rank (exp of the entropy of the normalised singular values) and stable rank (‖A‖_F² / ‖A‖₂²) "
-        "of the features and weights.",
-        ("effective_rank*", "stable_rank*"),
-    ),
-    (
-        "weight_norm",
-        "Weight norm",
-        "The Euclidean norm of all trainable parameters.",
-        ("weight_norm", "weight_norm/*"),
-    ),
-    (
-        "gradients",
-        "Gradient statistics",
-        "Coherence of per-example gradients, the gradient noise scale, and the statistics of grokking and "
-        "Softmax Collapse (NLM cosine, fraction of collapsed softmax outputs, effective learning rate).",
-        (
-            "gradient_coherence*",
-            "gradient_noise_scale*",
-            "grokking/*",
-            "nlm_*",
-            "sc_fraction*",
-            "zero_loss_fraction*",
-            "effective_lr*",
-            "grad_*",
-        ),
-    ),
-)
-
-#: Axes titles of the metrics the probes of :mod:`reglab.diagnostics` log; other metrics are titled by their name.
-LABELS: dict[str, str] = {
-    "sharpness": r"$\lambda_{\max}$ (sharpness) and $2/\eta$",
-    "sharpness_trace": r"tr$(H)$ (Hessian trace)",
-    "stability_threshold": r"stability limit $2/\eta$",
-    "sharpness_1d": "random-direction sharpness (max)",
-    "sharpness_1d_mean": "random-direction sharpness (mean)",
-    "calibration/ece": "ECE (equal-width bins)",
-    "calibration/ece_equal_mass": "ECE (equal-mass bins)",
-    "calibration/mce": "MCE (max calibration error)",
-    "calibration/nll": "NLL",
-    "calibration/brier": "Brier score",
-    "calibration/aurc": "AURC (risk-coverage)",
-    "neural_collapse/nc1": "NC1: within-class variability",
-    "neural_collapse/nc2_equinorm": "NC2: equinorm",
-    "neural_collapse/nc2_equiangle": "NC2: equiangularity",
-    "neural_collapse/nc2_maxangle": "NC2: max-angle",
-    "neural_collapse/nc2_etf": "NC2: distance to simplex ETF",
-    "neural_collapse/nc3": "NC3: self-duality",
-    "neural_collapse/nc4": "NC4: NCC disagreement",
-    "weight_norm": r"$\|\theta\|_2$",
-    "gradient_coherence/alpha": r"gradient coherence $\alpha$",
-    "gradient_coherence/m_coherence": "m-coherence",
-    "gradient_noise_scale/b_simple": r"$B_{simple}$ = tr$(\Sigma)/|G|^2$",
-    "gradient_noise_scale/trace_sigma": r"tr$(\Sigma)$",
-    "gradient_noise_scale/grad_sq_norm": r"$|G|^2$",
-    "grokking/nlm_cosine": "NLM cosine",
-    "grokking/sc_fraction": "Softmax-Collapse fraction",
-    "grokking/zero_loss_fraction": "zero-loss fraction",
-    "grokking/weight_norm": r"$\|\theta\|_2$",
-    "grokking/effective_lr": "effective learning rate",
-    _EOS_RATIO.split("/", 1)[1]: r"$\lambda_{\max}\cdot\eta/2$ (1 = edge of stability)",
-}
-
-
 def _plain(text: str) -> str:
     """``text`` shown literally by matplotlib (a ``$`` would start mathtext, and a malformed one raise)."""
     return text.replace("$", r"\$")
 
 
+def _declaring_probes() -> list[type[Probe]]:
+    """The registered probe classes that declare a report section, in the sections' page order."""
+    factories = (REGISTRY.entry(name).factory for name in REGISTRY)
+    probes = [f for f in factories if isinstance(f, type) and issubclass(f, Probe) and f.report_section is not None]
+    return sorted(probes, key=lambda probe: probe.report_section.order)
+
+
 def _label(name: str) -> str:
-    return LABELS.get(name, _plain(name))
+    """The axes title of probe metric ``name``: the label its probe declares, else the name shown literally."""
+    labels = (probe.label(name) for probe in _declaring_probes())
+    return next((label for label in labels if label is not None), _plain(name))
 
 
 def probe_sections(names: Iterable[str]) -> list[Section]:
-    """Arrange probe metric names into report sections (see :data:`PROBE_SECTIONS`).
+    """Arrange probe metric names into report sections.
 
-    Every name ends up in exactly one section: a known family gets its special
-    panels, any other name a panel of its own in a section named after its
+    Every name ends up in exactly one section: a name that a registered probe
+    labels (:attr:`reglab.diagnostics.Probe.labels`) goes to that probe's
+    ``report_section``, in the sections' page order, with the section's special
+    panels; any other name gets a panel of its own in a section named after its
     prefix (the part before the first ``/``), names without a prefix in
     "Other probe metrics".
     """
-    pending = sorted(set(names))
-    sections: list[Section] = []
-    for key, title, description, patterns in PROBE_SECTIONS:
-        mine = [n for n in pending if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        if not mine:
-            continue
-        pending = [n for n in pending if n not in mine]
-        sections.append(Section(key, title, description, _special_panels(key, mine)))
+    probes = _declaring_probes()
+    declared: dict[ReportSection, list[str]] = {}
+    pending = []
+    for name in sorted(set(names)):
+        section = next((probe.report_section for probe in probes if probe.label(name) is not None), None)
+        if section is None:
+            pending.append(name)
+        else:
+            declared.setdefault(section, []).append(name)
+    sections = [
+        Section(s.key, s.title, s.description, _special_panels(s.key, mine))
+        for s, mine in sorted(declared.items(), key=lambda item: item[0].order)
+    ]
     by_prefix: dict[str, list[str]] = {}
     for name in pending:
         prefix = name.split("/", 1)[0] if "/" in name else ""
@@ -501,7 +417,7 @@ def _special_panels(key: str, names: list[str]) -> list[Panel]:
             )
             rest.remove("sharpness")
             if has_threshold:
-                panels.append(Panel(_label(_EOS_RATIO.split("/", 1)[1]), (_EOS_RATIO,), log=False, hline=1.0))
+                panels.append(Panel(_EOS_RATIO_LABEL, (_EOS_RATIO,), log=False, hline=1.0))
                 rest.remove("stability_threshold")
         return panels + [_panel(n) for n in rest]
     if key == "neural_collapse":
