@@ -81,7 +81,10 @@ class SAM(PerturbationOptimizer):
 
     def _direction(self, point: Perturbation) -> list[Tensor] | None:
         d = self.hyperparameters
-        offsets = ascent_offsets(point.params, point.grad, d["rho"], adaptive=d["adaptive"], eta=d["eta"])
+        adaptive = d["adaptive"]  # the gradient at the weights is not needed after the ascent: scaled in place
+        offsets = ascent_offsets(
+            point.params, point.grad, d["rho"], adaptive=adaptive, eta=d["eta"], inplace=not adaptive
+        )
         return point.grad_at(offsets)
 
 

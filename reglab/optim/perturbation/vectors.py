@@ -110,6 +110,7 @@ def ascent_offsets(
     *,
     adaptive: bool = False,
     eta: float = 0.0,
+    inplace: bool = False,
 ) -> list[Tensor]:
     """The SAM step of length ``radius`` along ``vectors``: ``e = radius * T^2 v / (||T v|| + 1e-12)``.
 
@@ -117,7 +118,8 @@ def ascent_offsets(
     with ``w`` the current values of ``params``. The norm is over all tensors
     together. This is ``first_step`` of davda54/sam (``e_w = (p^2 if adaptive
     else 1) * g * rho / (||(|p| if adaptive else 1) * g|| + 1e-12)``) with the
-    optional ``eta`` of SamsungLabs/ASAM.
+    optional ``eta`` of SamsungLabs/ASAM. ``inplace=True`` (not adaptive) scales
+    ``vectors`` themselves and returns them, for a caller that no longer needs them.
     """
     if adaptive:
         scales = [p.detach().abs() + eta for p in params]
@@ -125,6 +127,13 @@ def ascent_offsets(
         coef = radius / (norm + NORM_EPS)
         return [v * (s * s) * coef for s, v in zip(scales, vectors)]
     coef = radius / (global_norm(vectors) + NORM_EPS)
+    if inplace:
+        if same_kind(vectors):
+            torch._foreach_mul_(list(vectors), coef)
+        else:
+            for v in vectors:
+                v.mul_(coef)
+        return list(vectors)
     if same_kind(vectors):
         return list(torch._foreach_mul(list(vectors), coef))
     return [v * coef for v in vectors]
