@@ -298,7 +298,7 @@ def test_muon_keeps_bf16_newton_schulz_on_cuda():
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in model.parameters())
-    from reglab.optim.orthogonal import _dtype
+    from reglab.optim.orthogonal.base import ns_compute_dtype as _dtype
 
     assert _dtype("auto", torch.device("cuda")) == torch.bfloat16
 
