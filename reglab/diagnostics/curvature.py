@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from reglab.core.errors import ConfigError
-from reglab.core.validation import check_choice, check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 from reglab.diagnostics.probe import Probe, ReportSection, probe_loss
 from reglab.diagnostics.registry import REGISTRY
 from reglab.linalg.density import DensityResult, spectral_density
@@ -359,7 +359,7 @@ class SharpnessProbe(Probe):
     ):
         super().__init__(every)
         self.n_examples = check_int("n_examples", n_examples, 1)
-        self.trace = bool(trace)
+        self.trace = check_bool("trace", trace)
         self.n_probes = check_int("n_probes", n_probes, 4)
         self.tol = check_float("tol", tol, 0.0, low_open=True)
         self.seed = check_int("seed", seed, 0)
