@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +80,17 @@ def _progress() -> Progress:
 
 
 def run_configs(configs: list, store_path: Path, study: str | None) -> list:
-    """Run configs one after another into the store, with a progress bar per run."""
-    from reglab.experiments.runner import check_buildable, execute
+    """Run configs one after another into the store, with a progress bar per run; all are built (once) first."""
+    from reglab.experiments.runner import build_all, execute
     from reglab.experiments.store import Store
 
-    check_buildable(configs)
+    built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
     with Store(store_path) as store, _progress() as progress:
         for i, cfg in enumerate(configs, 1):
             label = escape(f"[{i}/{len(configs)}] {cfg.run_name} seed {cfg.train.seed}")
             cb = _ProgressCallback(progress, label, cfg.train.steps)
-            outcome = execute(cfg, store, study=study, callbacks=[cb])
+            outcome = execute(cfg, store, study=study, built=built.popleft(), callbacks=[cb])
             outcomes.append(outcome)
             if outcome.status != "done":
                 first = (outcome.error or f"at step {outcome.diverged_at}").splitlines()[0]

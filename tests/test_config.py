@@ -8,7 +8,7 @@ import pytest
 from reglab import tasks
 from reglab.core import ConfigError, UnknownNameError
 from reglab.experiments.config import deep_merge, load_config, parse_config
-from reglab.experiments.runner import check_buildable
+from reglab.experiments.runner import build_all
 from reglab.experiments.study import parse_study
 from reglab.penalties import L2
 
@@ -221,9 +221,37 @@ def test_bad_values_fail_at_parse_time_with_the_field(patch, message):
 def test_bad_values_fail_before_training_with_run_and_field(patch, message):
     cfg = parse_config(deep_merge(BAD_VALUES_BASE, {"name": "r", **patch}))
     with pytest.raises(ConfigError, match=r"run 'r' \(seed 0\): " + message):
-        check_buildable([cfg])
+        build_all([cfg])
 
 
 def test_numpy_scalars_are_accepted():
     assert L2(np.float64(0.1)).weight == pytest.approx(0.1)
     assert len(tasks.subset(tasks.get("two_moons", n=100, n_test=50), np.int64(5)).train) == 5
+
+
+# --- run-provided arguments: one table for what a config may omit and what build fills ---------------------------
+
+
+def test_run_arguments_fill_every_factory_that_takes_them_and_the_config_wins():
+    from reglab.experiments.config import FILLED_FIELDS, RUN_ARGUMENTS
+    from reglab.experiments.runner import build
+
+    cfg = parse_config(
+        {
+            "task": {"name": "two_moons", "n": 60, "n_test": 20},
+            "model": {"name": "mlp", "width": 8},
+            "loss": {"name": "elr"},  # needs num_examples and num_classes: filled from the task
+            "penalties": [{"name": "center_loss", "weight": 0.1}],  # needs num_classes
+            "optimizer": {"name": "sam", "rho": 0.05},  # takes model: the built one
+            "schedule": {"name": "linear", "total_steps": 4},  # a config value wins over train.steps
+            "augment": [{"name": "mixup", "num_classes": 2}],
+            "train": {"steps": 10},
+        }
+    )
+    built = build(cfg)
+    assert built.loss.running_targets.shape == (60, 2)  # ELR's per-example targets
+    assert built.penalty.num_classes == 2
+    assert built.optimizer.model is built.model  # BatchNorm statistics protected in config runs
+    assert built.scheduler.total_steps == 4
+    assert set(RUN_ARGUMENTS) == {"num_examples", "num_classes", "model", "total_steps"}
+    assert set(FILLED_FIELDS) <= set(type(cfg).model_fields)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from reglab.core import Callback
 from reglab.experiments import Store, execute, parse_config, write_report
 from reglab.experiments.config import deep_merge
 
@@ -52,10 +54,50 @@ def test_failing_run_is_recorded_with_its_error(tmp_path):
     assert "rate" in rec.error
 
 
-def test_execute_is_deterministic(tmp_path):
-    cfg = parse_config(BASE)
-    a, b = execute(cfg), execute(cfg)
-    assert a.final == b.final
+#: A run whose numbers depend on torch's thread count (measured: 1 and 2 threads differ in the 7th digit).
+THREAD_SENSITIVE = {
+    "task": {"name": "digits"},
+    "model": {"name": "mlp", "width": 128},
+    "optimizer": {"name": "adam", "lr": 1.0e-3},
+    "train": {"steps": 20, "batch_size": 128, "eval_every": 10},
+}
+
+
+def test_same_config_and_seed_store_identical_metrics_in_one_process(tmp_path):
+    """Built here or by build_all before other configs were built, run twice: bitwise the same stored metrics."""
+    from reglab.experiments.runner import build_all
+
+    cfg = parse_config(THREAD_SENSITIVE)
+    other = parse_config(deep_merge(THREAD_SENSITIVE, {"train": {"seed": 5}}))
+    with Store(tmp_path / "runs.db") as store:
+        first = execute(cfg, store)
+        built, _ = build_all([cfg, other])
+        second = execute(cfg, store, built=built)
+        assert store.metrics(first.run_id) == store.metrics(second.run_id) and store.metrics(first.run_id)
+        assert store.run(first.run_id).config["train"]["threads"] == 1  # the thread count is recorded
+
+
+class _Threads(Callback):
+    def __init__(self):
+        self.seen = set()
+
+    def on_step_end(self, trainer, step, info):
+        self.seen.add(torch.get_num_threads())
+
+
+def test_a_run_uses_its_train_threads_and_restores_the_process_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for threads in (1, 2):
+            seen = _Threads()
+            execute(parse_config(deep_merge(BASE, {"train": {"threads": threads, "steps": 3}})), callbacks=[seen])
+            assert seen.seen == {threads} and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    default, explicit = parse_config(BASE), parse_config(deep_merge(BASE, {"train": {"threads": 1}}))
+    assert default.config_hash() == explicit.config_hash()  # the default stays out of the hash
+    assert default.config_hash() != parse_config(deep_merge(BASE, {"train": {"threads": 2}})).config_hash()
 
 
 def test_report_escapes_names_and_shows_mean_over_seeds(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from reglab.core.errors import StoreError
+from reglab.experiments.config import config_hash, parse_config, stored_group_hash
 from reglab.experiments.store import FINAL_STATUSES, SCHEMA_VERSION, STATUSES, RunRecord, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +151,64 @@ def test_run_round_trip(store: Store):
     assert not rec.stale and not rec.finished
     with pytest.raises(dataclasses.FrozenInstanceError):
         rec.status = "done"  # type: ignore[misc]
+
+
+def test_group_hash_is_written_at_creation(store: Store):
+    run_config = parse_config({"task": {"name": "two_moons"}, "train": {"seed": 3}})
+    given = store.create_run({}, name="a", config_hash="h", group_hash="g")
+    computed = store.create_run(run_config.model_dump(mode="json"), name="b", config_hash="h")
+    other = store.create_run(CONFIG, name="c", config_hash="h")  # not a run config: the raw dict is hashed
+    assert store.run(given).group_hash == "g"
+    assert store.run(computed).group_hash == run_config.group_hash() != run_config.config_hash()
+    assert store.run(other).group_hash == stored_group_hash(CONFIG)
+    assert store.runs_frame()["group_hash"].tolist() == ["g", run_config.group_hash(), stored_group_hash(CONFIG)]
+
+
+#: The ``runs`` table of schema version 1 (before ``group_hash``), as reglab wrote it.
+_RUNS_V1 = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, study TEXT, config TEXT, config_hash TEXT, seed INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'diverged', 'failed', 'interrupted')),
+    step INTEGER, created REAL, started REAL, ended REAL, host TEXT, pid INTEGER, versions TEXT, error TEXT
+);
+CREATE INDEX runs_config_hash ON runs (config_hash);
+CREATE INDEX runs_study ON runs (study);
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL REFERENCES runs (id), step INTEGER NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL,
+    value REAL, PRIMARY KEY (run_id, step, split, name)
+) WITHOUT ROWID;
+"""
+
+
+def test_a_version_1_store_is_migrated_with_the_group_hash_of_every_run(tmp_path: Path):
+    base = {"task": {"name": "two_moons", "n": 100}, "optimizer": {"name": "sgd", "lr": 0.1}}
+    configs = [
+        parse_config({**base, "name": "m", "train": {"seed": seed}}).model_dump(mode="json") for seed in (0, 1)
+    ]
+    configs.append({**base, "train": {"seed": 2}})  # the same run written without defaults: same group
+    configs.append(parse_config({**base, "optimizer": {"name": "sgd", "lr": 0.2}}).model_dump(mode="json"))
+    configs.append({"notes": "not a run config", "train": {"seed": 4}})
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_RUNS_V1)
+    for i, config in enumerate(configs):
+        conn.execute(
+            "INSERT INTO runs (name, config, config_hash, seed, status) VALUES (?, ?, ?, ?, 'done')",
+            (f"r{i}", json.dumps(config), f"h{i}", i),
+        )
+    conn.execute("INSERT INTO metrics VALUES (1, 10, 'test', 'accuracy', 0.5)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        hashes = [r.group_hash for r in s.runs()]
+        assert s.metrics(1) == [(10, "test", "accuracy", 0.5)] and [r.config_hash for r in s.runs()][0] == "h0"
+    fresh = [parse_config(c).group_hash() for c in configs[:4]]
+    assert hashes == [*fresh, config_hash({"notes": "not a run config", "train": {}})]
+    assert hashes[0] == hashes[1] == hashes[2] != hashes[3]
+    with Store(path) as s:  # opened again: nothing left to migrate
+        assert [r.group_hash for r in s.runs()] == hashes
 
 
 def test_config_tuples_become_lists_and_bad_configs_raise(store: Store):
@@ -432,7 +492,7 @@ def test_runs_frame(store: Store):
     store.start_run(a)
     frame = store.runs_frame()
     assert len(frame) == 2
-    for col in ("run_id", "run_name", "study", "seed", "status", "config_hash", "step", "config", "stale", "host"):
+    for col in ("run_id", "run_name", "seed", "status", "config_hash", "group_hash", "step", "config", "stale"):
         assert col in frame.columns
     assert frame["run_name"].tolist() == ["a", "b"]
     assert frame["status"].tolist() == ["running", "queued"]

@@ -238,6 +238,61 @@ def test_ray_backend_stores_the_same_metrics_as_the_local_backend(tmp_path):
     assert all(local[k] == ray[k] or (local[k] != local[k] and ray[k] != ray[k]) for k in local)  # NaN == NaN
 
 
+@pytest.mark.slow
+def test_a_local_sweep_stores_bitwise_the_metrics_of_reglab_run(tmp_path):
+    """``reglab run`` (a process with torch's default thread count) and a 2-worker sweep: identical numbers.
+
+    The MLP on ``digits`` gives other numbers with 1 and 2 threads (measured), so equal numbers mean both paths
+    used the runs' ``train.threads``.
+    """
+    import yaml
+
+    base = {
+        "task": {"name": "digits"},
+        "model": {"name": "mlp", "width": 128},
+        "optimizer": {"name": "adam", "lr": 1.0e-3},
+        "train": {"steps": 20, "batch_size": 128, "eval_every": 10},
+    }
+    spec = {"study": "det", "base": base, "seeds": [0, 1]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cmd = [sys.executable, "-m", "reglab", "run", "study.yaml", "--store", "run.db"]
+    out = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Store(tmp_path / "sweep.db") as store:
+        assert run_sweep(parse_study(spec).expand(), store, study="det", backend="local", workers=2).counts() == {
+            "done": 2
+        }
+    assert _all_metrics(tmp_path / "run.db") == _all_metrics(tmp_path / "sweep.db")
+
+
+def _all_metrics(path: Path) -> dict:
+    with Store(path) as store:
+        return {(r.config_hash, *row[:3]): row[3] for r in store.runs() for row in store.metrics(r.id)}
+
+
+def test_a_sequential_sweep_builds_each_config_to_run_once(tmp_path, monkeypatch):
+    from reglab.experiments import runner
+
+    built = []
+    monkeypatch.setattr(runner, "build", lambda cfg, real=runner.build: built.append(cfg) or real(cfg))
+    configs = study(seeds=[0, 1]).expand()
+    with Store(tmp_path / "runs.db") as store:
+        assert run_sweep(configs, store, study="s", backend="sequential").counts() == {"done": 2}
+        assert built == configs
+        run_sweep(configs, store, study="s", backend="sequential")  # all done: nothing is built
+        assert built == configs
+        assert {r.group_hash for r in store.runs()} == {configs[0].group_hash()}
+
+
+def test_a_bad_value_stops_a_sequential_sweep_before_anything_is_written(tmp_path):
+    configs = study(variants={"ok": {}, "bad": {"optimizer": {"lr": -1.0}}}).expand()
+    with Store(tmp_path / "runs.db") as store:
+        with pytest.raises(ConfigError, match=r"run 'bad' \(seed 0\): optimizer: Invalid learning rate"):
+            run_sweep(configs, store, study="s", backend="sequential")
+        assert store.runs() == []
+
+
 def test_same_config_in_another_study_runs_for_that_study(tmp_path):
     configs = study(seeds=[0]).expand()
     with Store(tmp_path / "runs.db") as store:

@@ -10,7 +10,7 @@ kwargs>}``; a penalty's weight is the key ``weight``::
     penalties: [{name: l2, weight: 1.0e-4}]
     optimizer: {name: adam, lr: 1.0e-3}
     augment: [{name: gaussian_noise, std: 0.05}]
-    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0, device: auto, precision: "32"}
+    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0, device: auto, precision: "32", threads: 1}
     probes: [{name: weight_norm, every: 100}]
 
 Unknown keys and unknown method names raise :class:`~reglab.core.ConfigError`
@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reglab import augment, diagnostics, losses, optim, penalties, tasks
-from reglab.core import ConfigError, Registry
+from reglab.core import ConfigError, Registry, ReglabError
 from reglab.core.errors import closest
 
 
@@ -61,6 +62,9 @@ class TrainSpec(BaseModel):
     precision: Literal["32", "bf16", "fp16"] = "32"
     #: DataLoader worker processes for streamed tasks (0: read in the training process)
     num_workers: int = Field(0, ge=0)
+    #: torch's CPU threads while the run is built and trained (``torch.set_num_threads``); CPU results depend on
+    #: it, so ``reglab run`` and every sweep backend use this count, never the machine's or the pool's
+    threads: int = Field(1, ge=1)
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -69,7 +73,7 @@ class TrainSpec(BaseModel):
 
 
 #: ``train`` keys added after stores existed; left out of the config hash at their defaults so old hashes hold.
-_NEW_TRAIN_DEFAULTS = {"device": "auto", "precision": "32", "num_workers": 0}
+_NEW_TRAIN_DEFAULTS = {"device": "auto", "precision": "32", "num_workers": 0, "threads": 1}
 
 
 class RunConfig(BaseModel):
@@ -107,10 +111,23 @@ class RunConfig(BaseModel):
         """
         return config_hash(_canonical(self))
 
-    def seedless_hash(self) -> str:
-        """:meth:`config_hash` with ``train.seed`` left out: runs that differ only in their seed share it."""
+    def group_hash(self) -> str:
+        """:meth:`config_hash` with ``train.seed`` left out: runs that differ only in their seed share it
+        (a report's group, a "method"); stored as the ``group_hash`` column of a store's runs."""
         data = _canonical(self)
         data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
+        return config_hash(data)
+
+
+def stored_group_hash(config: Mapping[str, Any]) -> str:
+    """The group hash of a config as a store holds it: :meth:`RunConfig.group_hash` when it is a valid run config,
+    else :func:`config_hash` of the mapping without ``name`` and ``train.seed`` (a store takes any dict)."""
+    try:
+        return parse_config(config).group_hash()
+    except ReglabError:
+        data = {k: v for k, v in config.items() if k != "name"} if isinstance(config, Mapping) else {}
+        if isinstance(data.get("train"), Mapping):
+            data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
         return config_hash(data)
 
 
@@ -131,6 +148,31 @@ FIELD_FAMILIES: dict[str, tuple[str, Any]] = {
 def family_registries() -> dict[str, Registry]:
     """``{family: registry}`` for every family a config can name (``penalty``, ``loss``, ``optimizer``, ...)."""
     return {family: registry() for family, registry in FIELD_FAMILIES.values()}
+
+
+def method_entries(cfg: RunConfig) -> Iterator[tuple[str, str, Spec]]:
+    """Every method entry of ``cfg`` as ``(field, path, spec)``, e.g. ``("penalties", "penalties[1]", spec)``, in
+    the order of :data:`FIELD_FAMILIES`."""
+    for key in FIELD_FAMILIES:
+        value = getattr(cfg, key)
+        if isinstance(value, Spec):
+            yield key, key, value
+        elif isinstance(value, list):
+            yield from ((key, f"{key}[{i}]", spec) for i, spec in enumerate(value))
+
+
+#: Constructor arguments a run provides itself: name -> (the run object it comes from, how). A factory of a
+#: :data:`FILLED_FIELDS` entry whose signature takes one of these names gets the run's value unless its config entry
+#: gives one (the config wins); such an argument may be left out of a config even when it has no default.
+RUN_ARGUMENTS: dict[str, tuple[Literal["task", "model", "train"], Callable[[Any], Any]]] = {
+    "num_examples": ("task", lambda task: len(task.train)),  # per-example state (ELR, PS-KD)
+    "num_classes": ("task", attrgetter("num_classes")),
+    "model": ("model", lambda model: model),  # the SAM family keeps BatchNorm statistics out of perturbed passes
+    "total_steps": ("train", attrgetter("steps")),  # a schedule runs over the whole run
+}
+
+#: The config fields built after the task and the model, whose factories get :data:`RUN_ARGUMENTS`.
+FILLED_FIELDS = ("loss", "penalties", "optimizer", "augment", "probes", "schedule")
 
 
 def _numbers_as_floats(value: Any) -> Any:
@@ -218,11 +260,6 @@ def _translate(err: ValidationError) -> ConfigError:
     return ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
-#: Constructor arguments the runner fills from the task (training-set size, class count) when a loss, penalty or
-#: augmentation takes them and the config omits them.
-TASK_ARGUMENTS = ("num_examples", "num_classes")
-
-
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -241,39 +278,21 @@ def _check_numbers_are_numbers(value: Any, field: str) -> None:
             _check_numbers_are_numbers(item, f"{field}[{i}]")
 
 
-def _check_spec(
-    registry: Registry, spec: Spec, field: str, task_filled: bool = False, provided: tuple[str, ...] = ()
-) -> None:
-    registry.entry(spec.name, field=f"{field}.name")
-    for key, value in spec.kwargs.items():
-        _check_numbers_are_numbers(value, f"{field}.{key}")
-    provided = (*provided, *(TASK_ARGUMENTS if task_filled else ()))
-    registry.check_kwargs(spec.name, spec.kwargs, field=field, complete=True, provided=provided)
-
-
 def check_names(cfg: RunConfig) -> None:
-    """Check every method name and its arguments against the registries.
+    """Check every method name and its arguments against the registries (:data:`RUN_ARGUMENTS` may be left out
+    of a :data:`FILLED_FIELDS` entry).
 
     Raises:
         UnknownNameError: a name is not registered (the message names the field and the closest names).
         ConfigError: an entry has an argument its method does not take, or lacks a required one.
     """
-    _check_spec(tasks.REGISTRY, cfg.task, "task")
-    for i, spec in enumerate(cfg.transforms):
-        _check_spec(tasks.TRANSFORMS, spec, f"transforms[{i}]")
-    if cfg.model is not None:
-        _check_spec(tasks.MODELS, cfg.model, "model")
-    if cfg.loss is not None:
-        _check_spec(losses.REGISTRY, cfg.loss, "loss", task_filled=True)
-    for i, spec in enumerate(cfg.penalties):
-        _check_spec(penalties.REGISTRY, spec, f"penalties[{i}]", task_filled=True)
-    _check_spec(optim.REGISTRY, cfg.optimizer, "optimizer")
-    for i, spec in enumerate(cfg.augment):
-        _check_spec(augment.REGISTRY, spec, f"augment[{i}]", task_filled=True)
-    for i, spec in enumerate(cfg.probes):
-        _check_spec(diagnostics.REGISTRY, spec, f"probes[{i}]")
-    if cfg.schedule is not None:
-        _check_spec(optim.SCHEDULES, cfg.schedule, "schedule", provided=("total_steps",))
+    for key, path, spec in method_entries(cfg):
+        registry = FIELD_FAMILIES[key][1]()
+        registry.entry(spec.name, field=f"{path}.name")
+        for name, value in spec.kwargs.items():
+            _check_numbers_are_numbers(value, f"{path}.{name}")
+        provided = RUN_ARGUMENTS if key in FILLED_FIELDS else ()
+        registry.check_kwargs(spec.name, spec.kwargs, field=path, complete=True, provided=provided)
 
 
 def parse_config(data: Mapping[str, Any]) -> RunConfig:
@@ -306,17 +325,8 @@ def _json_error(value: Any, path: str) -> str | None:
 
 def _check_json(cfg: RunConfig) -> None:
     """Every method argument must be a plain JSON value: configs are hashed, stored and sent to workers as JSON."""
-    specs = {
-        "task": cfg.task,
-        "model": cfg.model,
-        "loss": cfg.loss,
-        "optimizer": cfg.optimizer,
-        "schedule": cfg.schedule,
-    }
-    for field in ("transforms", "penalties", "augment", "probes"):
-        specs.update({f"{field}[{i}]": spec for i, spec in enumerate(getattr(cfg, field))})
-    for field, spec in specs.items():
-        if spec is not None and (bad := _json_error(spec.kwargs, field)):
+    for _, path, spec in method_entries(cfg):
+        if bad := _json_error(spec.kwargs, path):
             raise ConfigError(
                 f"{bad}: config values must be numbers, strings, booleans, lists or mappings (e.g. 0.1 rather "
                 "than numpy.float32(0.1), 'float32' rather than torch.float32); objects such as modules cannot be "

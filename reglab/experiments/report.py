@@ -46,9 +46,8 @@ from matplotlib.lines import Line2D
 from scipy import stats as _stats
 
 from reglab import __version__  # noqa: E402
-from reglab.core import ReglabError, StoreError  # noqa: E402
+from reglab.core import StoreError  # noqa: E402
 from reglab.diagnostics import REGISTRY, Probe, ReportSection  # noqa: E402
-from reglab.experiments.config import config_hash, parse_config  # noqa: E402
 from reglab.experiments.store import FINAL_STATUSES, Store  # noqa: E402
 
 __all__ = [
@@ -180,20 +179,8 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Cell:
 # ---------------------------------------------------------------------------------------------------- grouping
 
 
-def _seedless_hash(config: object) -> str:
-    """The identity of a run without its seed: the config's own when it is a valid run config."""
-    try:
-        return parse_config(config).seedless_hash()
-    except ReglabError:  # a store may hold configs written by other code (Store takes any dict)
-        data = dict(config) if isinstance(config, dict) else {}
-        data.pop("name", None)
-        if isinstance(data.get("train"), dict):
-            data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
-        return config_hash(data)
-
-
 def label_groups(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add a ``group`` column: runs that differ only in their seed share a group (a "method").
+    """Add a ``group`` column: runs that differ only in their seed (equal ``group_hash``) share a group (a "method").
 
     The label is the run name; when runs of one name have different configs
     (another learning rate, another number of steps), each config gets the
@@ -201,7 +188,7 @@ def label_groups(runs: pd.DataFrame) -> pd.DataFrame:
     """
     runs = runs.copy()
     runs["run_name"] = runs["run_name"].fillna("(unnamed)").astype(str)
-    keys = runs["config"].map(_seedless_hash)
+    keys = runs["group_hash"]
     per_name = keys.groupby(runs["run_name"]).transform("nunique")
     labels = zip(runs["run_name"], per_name, keys)
     runs["group"] = [name if n == 1 else f"{name} [{key[:6]}]" for name, n, key in labels]

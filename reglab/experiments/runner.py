@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from reglab import augment, diagnostics, losses, optim, penalties, tasks
-from reglab.core import Callback, ConfigError, Penalty, ReglabError, seed_everything
-from reglab.experiments.config import TASK_ARGUMENTS, RunConfig, Spec
+from reglab.core import Callback, ConfigError, Penalty, Registry, ReglabError, seed_everything
+from reglab.experiments.config import RUN_ARGUMENTS, RunConfig, Spec
 from reglab.experiments.store import Store
 from reglab.train import Row, Trainer
 from reglab.train.device import Precision, resolve_device
 from reglab.train.step import supports_grad_scaler
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,16 +37,29 @@ class Built:
     scheduler: Any = None
 
 
-def task_arguments(task: tasks.Task) -> dict[str, Any]:
-    """The values of :data:`TASK_ARGUMENTS` for ``task``: training-set size and class count."""
-    values = {"num_examples": len(task.train), "num_classes": task.num_classes}
-    return {k: values[k] for k in TASK_ARGUMENTS}
+def run_arguments(cfg: RunConfig, task: tasks.Task, model: nn.Module) -> dict[str, Any]:
+    """The values of :data:`~reglab.experiments.config.RUN_ARGUMENTS` in the run of ``cfg`` over ``task`` and
+    ``model``: ``{"num_examples": len(task.train), "num_classes": ..., "model": model, "total_steps": ...}``."""
+    sources = {"task": task, "model": model, "train": cfg.train}
+    return {name: value(sources[source]) for name, (source, value) in RUN_ARGUMENTS.items()}
 
 
-def _with_task_arguments(registry: Any, name: str, kwargs: dict[str, Any], task: tasks.Task) -> dict[str, Any]:
-    accepted = registry.parameters(name) or []
-    filled = {k: v for k, v in task_arguments(task).items() if k in accepted and k not in kwargs}
-    return {**filled, **kwargs}
+def filled_kwargs(registry: Registry, spec: Spec, provided: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec``'s keyword arguments plus each ``provided`` one that its factory's signature takes; a value the
+    config gives wins. A factory taking ``**kwargs`` gets none (its signature does not say what it takes)."""
+    accepted = registry.parameters(spec.name) or ()
+    return {**{k: v for k, v in provided.items() if k in accepted}, **spec.kwargs}
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``; the previous count is restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _make(field: str, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -54,22 +70,36 @@ def _make(field: str, factory: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise ConfigError(f"{field}: {err}") from None
 
 
+def check_machine(cfg: RunConfig) -> None:
+    """Check ``train.device`` and ``train.precision`` against this machine (a missing GPU, fp16 on a CPU).
+
+    Raises:
+        ConfigError: naming the field.
+    """
+    device = resolve_device(cfg.train.device, field="train.device")
+    Precision(cfg.train.precision, device, field="train.precision")
+
+
 def build(cfg: RunConfig) -> Built:
-    """Construct the task, model, loss, penalties, optimizer, augmentation and probes of ``cfg``.
+    """Construct the task, model, loss, penalties, optimizer, augmentation, probes and schedule of ``cfg``.
 
     The task's data depend only on the task's own options (its ``seed`` option
     included), so every training seed sees the same data; ``train.seed`` seeds
     the model's initialization, the batch order, dropout and augmentation.
-    A loss, penalty or augmentation whose constructor takes ``num_examples`` or
-    ``num_classes`` (per-example state such as ELR's targets) gets them from
-    the task unless the config sets them. An optimizer factory that takes
-    ``model`` (the SAM family) gets the built model, so BatchNorm statistics
-    are updated once per step. ``train.device`` and ``train.precision`` are
-    checked against this machine first, so a missing GPU fails before any
-    data is built.
+    Every factory built after the model (loss, penalties, optimizer, schedule,
+    augmentations, probes) gets the :data:`~reglab.experiments.config.RUN_ARGUMENTS`
+    its signature takes (:func:`run_arguments`; e.g. ELR's ``num_examples``, the
+    SAM family's ``model``, a schedule's ``total_steps``) unless the config
+    gives them. Everything is built with ``train.threads`` CPU threads.
+    ``train.device`` and ``train.precision`` are checked against this machine
+    first (:func:`check_machine`), so a missing GPU fails before any data is built.
     """
-    device = resolve_device(cfg.train.device, field="train.device")
-    Precision(cfg.train.precision, device, field="train.precision")
+    check_machine(cfg)
+    with torch_threads(cfg.train.threads):
+        return _build(cfg)
+
+
+def _build(cfg: RunConfig) -> Built:
     seed_everything(cfg.train.seed)
     task = _make("task", tasks.get, cfg.task.name, **cfg.task.kwargs)
     for i, spec in enumerate(cfg.transforms):
@@ -78,48 +108,53 @@ def build(cfg: RunConfig) -> Built:
         model = _make("model", task.make_model, cfg.model.name, **cfg.model.kwargs)
     else:
         model = task.make_model()
+    provided = run_arguments(cfg, task, model)
+
+    def make(path: str, get: Callable[..., Any], registry: Registry, spec: Spec, *args: Any) -> Any:
+        return _make(path, get, spec.name, *args, **filled_kwargs(registry, spec, provided))
+
     loss_spec = cfg.loss or Spec(name="cross_entropy" if task.num_classes is not None else "mse")
-    loss_kwargs = _with_task_arguments(losses.REGISTRY, loss_spec.name, loss_spec.kwargs, task)
-    loss = _make("loss", losses.get, loss_spec.name, **loss_kwargs)
-    terms = []
-    for i, p in enumerate(cfg.penalties):
-        kwargs = _with_task_arguments(penalties.REGISTRY, p.name, p.kwargs, task)
-        terms.append(_make(f"penalties[{i}]", penalties.get, p.name, **kwargs))
+    loss = make("loss", losses.get, losses.REGISTRY, loss_spec)
+    terms = [make(f"penalties[{i}]", penalties.get, penalties.REGISTRY, p) for i, p in enumerate(cfg.penalties)]
     penalty = sum(terms[1:], terms[0]) if terms else None
-    opt_kwargs = dict(cfg.optimizer.kwargs)
-    if "model" in (optim.REGISTRY.parameters(cfg.optimizer.name) or []):
-        opt_kwargs.setdefault("model", model)  # the SAM family protects BatchNorm statistics from perturbed passes
-    optimizer = _make("optimizer", optim.get, cfg.optimizer.name, model.parameters(), **opt_kwargs)
+    optimizer = make("optimizer", optim.get, optim.REGISTRY, cfg.optimizer, model.parameters())
     if cfg.train.precision == "fp16" and not supports_grad_scaler(optimizer):
         raise ConfigError(
             f"train.precision: fp16 needs a gradient scaler, which {cfg.optimizer.name!r} does not support (it "
             "re-evaluates the loss inside step); use bf16 or 32"
         )
-    augs = [
-        _make(f"augment[{i}]", augment.get, a.name, **_with_task_arguments(augment.REGISTRY, a.name, a.kwargs, task))
-        for i, a in enumerate(cfg.augment)
-    ]
-    probes = [_make(f"probes[{i}]", diagnostics.get, p.name, **p.kwargs) for i, p in enumerate(cfg.probes)]
+    augs = [make(f"augment[{i}]", augment.get, augment.REGISTRY, a) for i, a in enumerate(cfg.augment)]
+    probes = [make(f"probes[{i}]", diagnostics.get, diagnostics.REGISTRY, p) for i, p in enumerate(cfg.probes)]
     scheduler = None
-    if cfg.schedule is not None:  # total_steps defaults to the run's length
-        kwargs = cfg.schedule.kwargs
-        if "total_steps" in (optim.SCHEDULES.parameters(cfg.schedule.name) or []):
-            kwargs = {"total_steps": cfg.train.steps, **kwargs}
-        scheduler = _make("schedule", optim.get_schedule, cfg.schedule.name, optimizer, **kwargs)
+    if cfg.schedule is not None:
+        scheduler = make("schedule", optim.get_schedule, optim.SCHEDULES, cfg.schedule, optimizer)
     return Built(task, model, loss, penalty, optimizer, augment.compose(augs), probes, scheduler)
 
 
-def check_buildable(configs: Sequence[RunConfig]) -> None:
-    """Build every config once (cheap: tasks are cached) so that a bad value fails before any run trains.
+def for_each_run(configs: Sequence[RunConfig], check: Callable[[RunConfig], T]) -> list[T]:
+    """``[check(cfg) for cfg in configs]``, a reglab error becoming a :class:`ConfigError` that names the run.
 
     Raises:
         ConfigError: naming the run and the field, e.g. ``run 'l2' (seed 1): penalties[0]: ...``.
     """
+    out = []
     for cfg in configs:
         try:
-            build(cfg)
+            out.append(check(cfg))
         except ReglabError as err:
             raise ConfigError(f"run {cfg.run_name!r} (seed {cfg.train.seed}): {err}") from None
+    return out
+
+
+def build_all(configs: Sequence[RunConfig]) -> list[Built]:
+    """Build every config before any trains, so that a bad value fails first; the results are what
+    :func:`execute` / :func:`train` then train (``built=``), so each config is built once. They are all held
+    until trained (small for CPU-scale models; many large models are better swept in worker processes).
+
+    Raises:
+        ConfigError: naming the run and the field, e.g. ``run 'l2' (seed 1): penalties[0]: ...``.
+    """
+    return for_each_run(configs, build)
 
 
 def make_trainer(
@@ -166,17 +201,28 @@ class RunOutcome:
 
 
 def train(
-    cfg: RunConfig, *, callbacks: Sequence[Callback] = (), sink: Callable[[list[Row]], None] | None = None
+    cfg: RunConfig,
+    *,
+    built: Built | None = None,
+    callbacks: Sequence[Callback] = (),
+    sink: Callable[[list[Row]], None] | None = None,
 ) -> tuple[RunOutcome, list[Row]]:
-    """Build and train ``cfg``; returns what happened and every metric row ``(step, split, name, value)``.
+    """Train ``cfg`` (from ``built``, else built here); returns what happened and every metric row
+    ``(step, split, name, value)``.
 
-    A run that diverges ends ``diverged`` and one that raises ``failed`` (with
-    the error text); neither raises, so a sweep goes on. Ctrl-C propagates.
+    Training runs with ``train.threads`` CPU threads, after Python's, NumPy's
+    and torch's global generators are seeded with ``train.seed`` again, so the
+    numbers do not depend on what this process built or ran before. A run that
+    diverges ends ``diverged`` and one that raises ``failed`` (with the error
+    text); neither raises, so a sweep goes on. Ctrl-C propagates.
     """
     start = time.perf_counter()
     outcome, history = RunOutcome(None, cfg.run_name, cfg.train.seed, "failed"), []
     try:
-        result = make_trainer(cfg, build(cfg), callbacks=callbacks, sink=sink).fit()
+        built = build(cfg) if built is None else built
+        with torch_threads(cfg.train.threads):
+            seed_everything(cfg.train.seed)
+            result = make_trainer(cfg, built, callbacks=callbacks, sink=sink).fit()
         outcome.status = "diverged" if result.status == "diverged" else "done"
         outcome.steps, outcome.diverged_at, outcome.final = result.steps, result.diverged_at, result.final
         history = result.history
@@ -191,7 +237,12 @@ def train(
 def open_run(store: Store, cfg: RunConfig, study: str | None) -> int:
     """Add ``cfg`` to ``store`` as a run started by this process; returns its id."""
     run_id = store.create_run(
-        cfg.model_dump(mode="json"), name=cfg.run_name, config_hash=cfg.config_hash(), seed=cfg.train.seed, study=study
+        cfg.model_dump(mode="json"),
+        name=cfg.run_name,
+        config_hash=cfg.config_hash(),
+        group_hash=cfg.group_hash(),
+        seed=cfg.train.seed,
+        study=study,
     )
     store.start_run(run_id)
     return run_id
@@ -207,18 +258,20 @@ def execute(
     store: Store | None = None,
     *,
     study: str | None = None,
+    built: Built | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> RunOutcome:
-    """Train the run ``cfg`` describes in this process, streaming its metrics into ``store`` (if given).
+    """Train the run ``cfg`` describes in this process (from ``built``, e.g. by :func:`build_all`, else built
+    here), streaming its metrics into ``store`` (if given).
 
     See :func:`train` for how failures end. Ctrl-C marks the run
     ``interrupted`` and re-raises.
     """
     if store is None:
-        return train(cfg, callbacks=callbacks)[0]
+        return train(cfg, built=built, callbacks=callbacks)[0]
     run_id = open_run(store, cfg, study)
     try:
-        outcome, _ = train(cfg, callbacks=callbacks, sink=lambda rows: store.log_metrics(run_id, rows))
+        outcome, _ = train(cfg, built=built, callbacks=callbacks, sink=lambda rows: store.log_metrics(run_id, rows))
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", error="interrupted by the user")
         raise

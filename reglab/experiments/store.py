@@ -1,9 +1,16 @@
 """The result store: runs and their metrics in one SQLite file.
 
-A :class:`Store` keeps every run of a study (its config, seed, status, where and
-with which library versions it ran) and every metric point it logged, as rows
-``(run_id, step, split, name, value)``. It uses only the standard library's
-``sqlite3``; pandas is imported when a frame is asked for.
+A :class:`Store` keeps every run of a study (its config, its hash with and
+without the seed, seed, status, where and with which library versions it ran)
+and every metric point it logged, as rows ``(run_id, step, split, name,
+value)``. It uses only the standard library's ``sqlite3``; pandas is imported
+when a frame is asked for.
+
+Schema versions (``PRAGMA user_version``): a store written by an older version
+is migrated when opened, in one transaction, one step per version:
+
+- 1 → 2: the ``group_hash`` column (the config hash without the seed), filled
+  from each run's stored config.
 
 Durability and concurrency:
 
@@ -24,7 +31,7 @@ Durability and concurrency:
 Example::
 
     with Store("runs.db") as store:
-        run_id = store.create_run(config, name="sam-rho0.05", config_hash=h, seed=0, study="sam")
+        run_id = store.create_run(config, name="sam-rho0.05", config_hash=h, group_hash=g, seed=0, study="sam")
         store.start_run(run_id)
         store.log_metrics(run_id, [(100, "train", "loss", 0.31), (100, "test", "accuracy", 0.92)])
         store.finish_run(run_id, "done", step=100)
@@ -42,7 +49,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,7 +71,7 @@ __all__ = [
 ]
 
 #: Version of the database layout, kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Every status a run can have, in the order of its life.
 STATUSES: tuple[str, ...] = ("queued", "running", "done", "diverged", "failed", "interrupted")
@@ -84,6 +91,7 @@ CREATE TABLE IF NOT EXISTS runs (
     study TEXT,
     config TEXT,
     config_hash TEXT,
+    group_hash TEXT,
     seed INTEGER,
     status TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
     step INTEGER,
@@ -123,6 +131,7 @@ _RUN_COLUMNS = (
     "pid",
     "versions",
     "error",
+    "group_hash",
 )
 
 FRAME_COLUMNS: tuple[str, ...] = (
@@ -145,6 +154,7 @@ RUNS_FRAME_COLUMNS: tuple[str, ...] = (
     "seed",
     "status",
     "config_hash",
+    "group_hash",
     "step",
     "created",
     "started",
@@ -191,6 +201,7 @@ class RunRecord:
         host, pid: where the run was started (set by :meth:`Store.start_run`).
         versions: ``{"python", "torch", "numpy", "reglab", "platform"}`` at start, or None.
         error: the error message of a failed or diverged run, or None.
+        group_hash: the config hash without the seed: runs that differ only in their seed share it.
     """
 
     id: int
@@ -208,6 +219,7 @@ class RunRecord:
     pid: int | None
     versions: dict[str, Any] | None
     error: str | None
+    group_hash: str | None
 
     @property
     def stale(self) -> bool:
@@ -299,6 +311,20 @@ def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
+def _add_group_hash(conn: sqlite3.Connection) -> None:
+    """Schema 1 → 2: add ``runs.group_hash``, filled from each run's stored config."""
+    from reglab.experiments.config import stored_group_hash  # the registries, imported only when needed
+
+    conn.execute("ALTER TABLE runs ADD COLUMN group_hash TEXT")
+    rows = conn.execute("SELECT id, config FROM runs").fetchall()
+    values = [(stored_group_hash(json.loads(config) if config else {}), run_id) for run_id, config in rows]
+    conn.executemany("UPDATE runs SET group_hash = ? WHERE id = ?", values)
+
+
+#: ``{version: the step from it to the next}``; a store is migrated through every step up to :data:`SCHEMA_VERSION`.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_group_hash}
+
+
 class Store:
     """A result store in one SQLite file (or ``":memory:"``).
 
@@ -310,7 +336,7 @@ class Store:
     Raises:
         StoreError: the file cannot be opened or created, is not an SQLite
             database, is an SQLite database that is not a reglab store, or was
-            written by another schema version.
+            written by a newer schema version (an older one is migrated).
 
     Non-finite metric values (NaN, +inf, -inf) are stored as NULL and read back
     as NaN. A Store may be used from several threads (its calls are serialized)
@@ -378,7 +404,7 @@ class Store:
         if version == SCHEMA_VERSION:  # the usual case: no write lock taken, opening stays cheap
             return
         self._check_version(version)
-        conn.execute("BEGIN IMMEDIATE")  # a new file: create the tables; another process may race us here
+        conn.execute("BEGIN IMMEDIATE")  # a new file: create the tables, an old one: migrate; another process may race
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -395,9 +421,11 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             else:
                 self._check_version(version)
+                for old in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[old](conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -405,9 +433,9 @@ class Store:
             raise
 
     def _check_version(self, version: int) -> None:
-        if version not in (0, SCHEMA_VERSION):
+        if not 0 <= version <= SCHEMA_VERSION:
             raise StoreError(
-                f"the store {self.path!r} has schema version {version}, this reglab reads version "
+                f"the store {self.path!r} has schema version {version}, this reglab reads versions up to "
                 f"{SCHEMA_VERSION}; open it with the reglab version that wrote it, or use a new file"
             )
 
@@ -495,6 +523,7 @@ class Store:
         *,
         name: str,
         config_hash: str,
+        group_hash: str | None = None,
         seed: int | None = None,
         study: str | None = None,
     ) -> int:
@@ -504,6 +533,9 @@ class Store:
             config: the run's config; must be JSON-serialisable (tuples are stored as lists).
             name: a human-readable name.
             config_hash: a hash of the config, computed by the caller, used by :meth:`find`.
+            group_hash: the config's hash without the seed (runs that repeat each other but for the seed share
+                it; a report averages them); None computes it from ``config``
+                (:func:`~reglab.experiments.config.stored_group_hash`).
             seed: the run's seed.
             study: the study (sweep, claim) it belongs to.
         """
@@ -517,11 +549,15 @@ class Store:
                 "str, int, float, bool, list or dict first"
             ) from exc
         seed = _as_int(seed, "seed", optional=True)
+        if group_hash is None:
+            from reglab.experiments.config import stored_group_hash  # the registries, imported only when needed
+
+            group_hash = stored_group_hash(config)
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO runs (name, study, config, config_hash, seed, status, created) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                (name, study, config_json, config_hash, seed, time.time()),
+                "INSERT INTO runs (name, study, config, config_hash, group_hash, seed, status, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (name, study, config_json, config_hash, group_hash, seed, time.time()),
             )
             return int(cursor.lastrowid)
 
@@ -679,8 +715,8 @@ class Store:
     def runs_frame(self, *, study: str | None = None) -> pd.DataFrame:
         """One row per run, ordered by id.
 
-        Columns: run_id, run_name, study, seed, status, config_hash, step,
-        created, started, ended, host, pid, error, config (the parsed dict), stale.
+        Columns: run_id, run_name, study, seed, status, config_hash, group_hash,
+        step, created, started, ended, host, pid, error, config (the parsed dict), stale.
         """
         import pandas as pd
 
@@ -693,6 +729,7 @@ class Store:
                 r.seed,
                 r.status,
                 r.config_hash,
+                r.group_hash,
                 r.step,
                 r.created,
                 r.started,

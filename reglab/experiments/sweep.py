@@ -21,11 +21,20 @@ Resuming and interruption:
 - One run's failure or divergence is recorded as such and never stops the others.
 
 Backends: ``sequential`` (this process, metrics streamed as they come),
-``local`` (a pool of ``workers`` spawned processes, each with
-``torch.set_num_threads(max(1, cores // workers))`` so they do not
-oversubscribe) and ``ray`` (tasks of 1 CPU each; with no ``address`` a local
-Ray instance on the loopback interface with ``workers`` CPUs, else the cluster
-at ``address``; needs the ``ray`` extra).
+``local`` (a pool of ``workers`` spawned processes) and ``ray`` (with no
+``address`` a local Ray instance on the loopback interface with ``workers``
+CPUs, else the cluster at ``address``; needs the ``ray`` extra). Every run
+uses its ``train.threads`` CPU threads whatever the backend, so a config and
+seed give the same numbers in a sweep as in ``reglab run``; a Ray task reserves
+that many CPUs, and the local pool's default size is the number of cores
+divided by the largest ``train.threads``.
+
+Each config to run is built once, in the process that trains it. The
+sequential backend builds them all before the first trains, so a bad value
+(``lr: -1``) stops the sweep before anything is written; the worker backends
+check in the driver only what needs no training objects (the config itself,
+and for ``local`` the device and precision on this machine), so a bad value
+ends its own run ``failed`` with the error naming the field.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -43,7 +53,16 @@ from typing import Any
 from reglab.core import ConfigError
 from reglab.core.validation import check_choice, check_int
 from reglab.experiments.config import RunConfig, parse_config
-from reglab.experiments.runner import RunOutcome, check_buildable, close_run, open_run, train
+from reglab.experiments.runner import (
+    Built,
+    RunOutcome,
+    build_all,
+    check_machine,
+    close_run,
+    for_each_run,
+    open_run,
+    train,
+)
 from reglab.experiments.store import Store
 
 BACKENDS = ("sequential", "local", "ray")
@@ -54,12 +73,18 @@ RESULT_STATUSES = ("done", "diverged")
 @dataclass
 class SweepPlan:
     """What a sweep will do: ``todo`` configs to run, ``skipped`` ones already done, ``busy`` ones another
-    live driver is running, and ``cleared`` leftover rows deleted (failed, interrupted, stale)."""
+    live driver is running, and ``leftovers``: the ids of the to-do configs' rows that are not results
+    (failed, interrupted, queued, stale), which :func:`run_sweep` deletes before it runs them."""
 
     todo: list[RunConfig]
     skipped: list[RunConfig] = field(default_factory=list)
     busy: list[RunConfig] = field(default_factory=list)
-    cleared: int = 0
+    leftovers: list[int] = field(default_factory=list)
+
+    @property
+    def cleared(self) -> int:
+        """The number of leftover rows."""
+        return len(self.leftovers)
 
 
 @dataclass
@@ -79,7 +104,8 @@ class SweepResult:
 
 
 def plan_sweep(configs: Sequence[RunConfig], store: Store, study: str | None = None) -> SweepPlan:
-    """Sort ``configs`` into to-do, already done and running elsewhere; delete leftover rows of the to-do ones.
+    """Sort ``configs`` into to-do, already done and running elsewhere, and list the to-do ones' leftover rows
+    (the store is only read).
 
     Rows count for the same ``study`` only: an identical config in another study is run again for this one,
     so that the study's report has all its runs.
@@ -93,9 +119,7 @@ def plan_sweep(configs: Sequence[RunConfig], store: Store, study: str | None = N
         if any(r.status == "running" and not r.stale for r in records):
             plan.busy.append(cfg)
             continue
-        for r in records:
-            store.delete_run(r.id)
-            plan.cleared += 1
+        plan.leftovers += [r.id for r in records]
         plan.todo.append(cfg)
     return plan
 
@@ -103,13 +127,10 @@ def plan_sweep(configs: Sequence[RunConfig], store: Store, study: str | None = N
 # -- workers ---------------------------------------------------------------------------------------------------------
 
 
-def _init_worker(threads: int) -> None:
-    """Pool initializer: leave Ctrl-C to the driver, share the cores without oversubscribing, and exit when the
-    driver is gone (a driver killed with SIGKILL must not leave workers training runs nobody will collect)."""
+def _init_worker() -> None:
+    """Pool initializer: leave Ctrl-C to the driver, and exit when the driver is gone (a driver killed with
+    SIGKILL must not leave workers training runs nobody will collect)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(threads)
     parent = os.getppid()
 
     def watch() -> None:
@@ -139,15 +160,9 @@ def _failed(name: str, seed: int, error: str) -> dict[str, Any]:
     return RunOutcome(None, name, seed, "failed", error=error).to_dict()
 
 
-def _threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
 def _local(configs: list[dict[str, Any]], workers: int) -> Iterator[tuple[int, tuple[dict, list]]]:
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(_threads_per_worker(workers),)
-    )
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     try:
         futures = {pool.submit(train_config, c): i for i, c in enumerate(configs)}
         for future in as_completed(futures):
@@ -186,10 +201,10 @@ def _ray(configs: list[dict[str, Any]], workers: int, address: str | None) -> It
             )
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-    remote = ray.remote(num_cpus=1)(_ray_task)
+    remote = ray.remote(train_config)
     refs: dict[Any, int] = {}
-    try:
-        refs = {remote.remote(c, _threads_per_worker(workers)): i for i, c in enumerate(configs)}
+    try:  # a task reserves the CPUs its run uses
+        refs = {remote.options(num_cpus=c["train"]["threads"]).remote(c): i for i, c in enumerate(configs)}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
@@ -204,13 +219,6 @@ def _ray(configs: list[dict[str, Any]], workers: int, address: str | None) -> It
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
-
-
-def _ray_task(config: dict[str, Any], threads: int) -> tuple[dict[str, Any], list]:
-    import torch
-
-    torch.set_num_threads(threads)
-    return train_config(config)
 
 
 # -- the driver ------------------------------------------------------------------------------------------------------
@@ -229,26 +237,32 @@ def run_sweep(
     """Run every config of ``configs`` not already done in ``store``; see the module docstring.
 
     Args:
-        configs: the runs (e.g. ``Study.expand()``); all are checked to be buildable first.
+        configs: the runs (e.g. ``Study.expand()``); the ones to run are checked first (see the module docstring).
         store: where results go (written by this process only).
         study: the study name stored with each run.
         backend: ``"sequential"``, ``"local"`` or ``"ray"``.
-        workers: parallel workers (local: processes, default the number of cores; ray: CPUs of the local
-            instance, default the number of cores).
+        workers: parallel workers (local: processes, default the number of cores divided by the largest
+            ``train.threads``; ray: CPUs of the local instance, default the number of cores).
         address: a Ray cluster to join (``ray`` backend only).
         on_result: called as ``on_result(outcome, finished, total)`` after each run, for progress display.
 
     Raises:
-        ConfigError: a bad backend/workers, an address without the ray backend, or a config that cannot be built.
+        ConfigError: a bad backend/workers, an address without the ray backend, or a config that cannot be built
+            (sequential) or whose device or precision this machine lacks (local); nothing is written then.
         KeyboardInterrupt: after marking the unfinished runs ``interrupted``.
     """
     start = time.perf_counter()
     check_choice("backend", backend, BACKENDS)
-    workers = check_int("workers", os.cpu_count() or 1 if workers is None else workers, 1)
+    if workers is None:
+        threads = max((cfg.train.threads for cfg in configs), default=1)
+        workers = max(1, (os.cpu_count() or 1) // threads) if backend == "local" else os.cpu_count() or 1
+    workers = check_int("workers", workers, 1)
     if address is not None and backend != "ray":
         raise ConfigError(f"address is for the ray backend; got backend={backend!r}")
-    check_buildable(list(configs))
     plan = plan_sweep(configs, store, study)
+    built = deque(_check_todo(plan.todo, backend, workers, address))  # dropped one by one as they train
+    for run_id in plan.leftovers:
+        store.delete_run(run_id)
     outcomes: list[RunOutcome] = []
     total = len(plan.todo)
 
@@ -263,7 +277,7 @@ def run_sweep(
     try:
         if backend == "sequential":
             results: Iterator[tuple[int, tuple[dict, list]]] = (
-                (i, _train_streaming(cfg, store, run_ids[i])) for i, cfg in enumerate(plan.todo)
+                (i, _train_streaming(cfg, built.popleft(), store, run_ids[i])) for i, cfg in enumerate(plan.todo)
             )
         else:
             payload = [cfg.model_dump(mode="json") for cfg in plan.todo]
@@ -285,7 +299,23 @@ def run_sweep(
     return SweepResult(plan, outcomes, time.perf_counter() - start)
 
 
-def _train_streaming(cfg: RunConfig, store: Store, run_id: int) -> tuple[dict[str, Any], list]:
-    """Train in this process, streaming metric rows into the run's row as they come."""
-    outcome, _ = train(cfg, sink=lambda rows: store.log_metrics(run_id, rows))
+def _check_todo(todo: list[RunConfig], backend: str, workers: int, address: str | None) -> list[Built]:
+    """Check the configs to run before anything is written: build them all for the sequential backend (and
+    return what it then trains), check the device and precision on this machine for the local one (its workers
+    build); Ray's workers may be other machines, so only the CPUs of a local Ray instance are checked."""
+    if backend == "sequential":
+        return build_all(todo)
+    if backend == "local":
+        for_each_run(todo, check_machine)
+    elif address is None and (threads := max((c.train.threads for c in todo), default=1)) > workers:
+        raise ConfigError(
+            f"train.threads={threads} needs that many CPUs, more than the {workers} of the local Ray instance; "
+            f"give workers >= {threads}"
+        )
+    return []
+
+
+def _train_streaming(cfg: RunConfig, built: Built, store: Store, run_id: int) -> tuple[dict[str, Any], list]:
+    """Train ``built`` in this process, streaming metric rows into the run's row as they come."""
+    outcome, _ = train(cfg, built=built, sink=lambda rows: store.log_metrics(run_id, rows))
     return outcome.to_dict(), []
