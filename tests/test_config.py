@@ -255,3 +255,11 @@ def test_run_arguments_fill_every_factory_that_takes_them_and_the_config_wins():
     assert built.scheduler.total_steps == 4
     assert set(RUN_ARGUMENTS) == {"num_examples", "num_classes", "model", "total_steps"}
     assert set(FILLED_FIELDS) <= set(type(cfg).model_fields)
+
+
+def test_an_argument_a_method_gained_keeps_old_hashes_at_its_default():
+    """GSAM gained ``eta``; a gsam config without it hashes as it did before (computed at commit 90de699)."""
+    cfg = {"task": {"name": "two_moons"}, "optimizer": {"name": "gsam"}, "train": {"steps": 10}}
+    assert parse_config(cfg).config_hash() == "94f714750daf5e46"
+    with_eta = deep_merge(cfg, {"optimizer": {"eta": 0.01}})
+    assert parse_config(with_eta).config_hash() != "94f714750daf5e46"
