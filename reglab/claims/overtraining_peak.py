@@ -11,7 +11,7 @@ late in training. The paper predicts that the test error after long training,
 and the overtraining gap (final minus best-over-time test error), peak at
 α ≈ 1, while early stopping removes most of the peak.
 
-Setup (catalog row: SNR = 5, GD to convergence): x ~ N(0, I_p), teacher
+Setup (SNR = 5, GD to convergence): x ~ N(0, I_p), teacher
 w̄ ~ N(0, I_p/p) (signal variance 1), y = w̄ᵀx + ε with σ_ε² = 0.2;
 p = 100 (quick) or 200 (full), n/p ∈ {0.3, 0.4, …, 3.0} (15 values, n = p
 included), 40 (quick) or 150 (full) draws of (w̄, X, ε) per n. Gradient flow

@@ -5,8 +5,8 @@ SPECTRA clips the spectrum of the base optimizer's update U at c and applies
 decoupled weight decay, X <- (1 - lr lambda) X - lr clip_c(U). Since
 ||clip_c(U)||_2 <= c, by induction
 ||X_k||_2 <= (1 - lr lambda)^k ||X_0||_2 + (1 - (1 - lr lambda)^k) c / lambda <= max(||X_0||_2, c / lambda)
-for 0 < lr lambda <= 1 (the bound of the reglab catalog row and of
-``reglab.optim.spectra.SPECTRA``'s docstring).
+for 0 < lr lambda <= 1 (the bound stated in ``reglab.optim.spectra.SPECTRA``'s
+docstring).
 
 Setup: scikit-learn's 8x8 digits (``reglab.tasks`` ``digits``), the reference MLP
 (width 256, depth 2: matrices 256x64, 256x256, 10x256), cross-entropy,

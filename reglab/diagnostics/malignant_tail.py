@@ -93,7 +93,7 @@ def spectral_probe_features(
         [1.0, 1.0]
 
     References: "The Malignant Tail: Spectral Segregation of Label Noise in Over-Parameterized Networks" (the paper's
-    Spectral Linear Probe and Explicit Spectral Truncation; implemented as reglab's catalog row describes it).
+    Spectral Linear Probe and Explicit Spectral Truncation).
 
     Args:
         train_features: (n, D) training features.
@@ -104,7 +104,7 @@ def spectral_probe_features(
             Components beyond r have zero variance: a head of k > r equals that of r.
         ridge: ridge strength >= 0, added to s_j^2 = n * (variance along component j), so it is in units of n times
             squared feature scale; 0 is plain least squares (components of zero variance, beyond the rank, are
-            dropped). The catalog's "probe ridge strength"; a small fraction of s_1^2 is typical.
+            dropped). A small fraction of s_1^2 is typical.
         head: the model's readout ``head(h) -> logits`` for spectral truncation, or None.
         noisy: (n,) bool mask of training examples whose label is corrupted, or None.
         num_classes: K; defaults to max(labels) + 1 over both sets.

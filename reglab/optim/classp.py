@@ -29,12 +29,12 @@ class CLASSP(ConstrainedOptimizer):
         else:
             w_i unchanged, S_i unchanged
 
-    That is the catalog's rule ``w_{i,t+1} = w_{i,t} - alpha g_{i,t} / (eps +
+    That is the paper's rule ``w_{i,t+1} = w_{i,t} - alpha g_{i,t} / (eps +
     sum_{k<t} |g_{i,k}|^p)^(1/p)``, applied only where ``g_{i,t}^2 > threshold``
-    (taken from the paper body, arXiv 2405.09637). Two readings are ours: the
-    sum runs over the steps at which the weight was updated (as in the author's
-    code, and as "weights that have received many updates should have lower
-    learning rates" says), and ``include_current=True`` adds the current
+    (arXiv 2405.09637). Two readings are ours: the sum runs over the steps at
+    which the weight was updated (as in the author's code, and as "weights
+    that have received many updates should have lower learning rates" says),
+    and ``include_current=True`` adds the current
     ``|g_i|^p`` before dividing (the author's code, and AdaGrad's convention:
     with ``p = 2``, ``threshold = 0`` it is then AdaGrad with ``eps`` under the
     root). With ``include_current=False`` the first update of a weight is

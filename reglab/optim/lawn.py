@@ -38,10 +38,9 @@ class LAWN(OptimizerWrapper):
     final sub-network. A parameter whose norm is 0 at the end of warm-up, or
     that has no gradient at a step, is left as the base set it.
 
-    Source: the reglab catalog's row for the paper (the paper's own algorithm
-    and code were not available to check): the update above and the optional
-    radial-gradient removal are from that row; the warm-up is counted in steps
-    (the paper counts epochs: pass ``epochs * steps_per_epoch``).
+    The warm-up is counted in steps (the paper counts epochs: pass
+    ``epochs * steps_per_epoch``). The update is not checked against the
+    paper's text or code (see ``docs/provenance.md``).
 
     Example:
         >>> body, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)

@@ -36,7 +36,7 @@ class AuON(OrthogonalOptimizer):
     brake that only bites when a few entries carry most of the norm. A
     secondary write-up (junaidaliop.github.io/zij/math/auon) instead steps by
     ``M / ||M||_F / r`` times ``sqrt(max(1, m / n))``; this class follows the
-    code and the catalog. The hybrid variant's code is not public: ``hybrid=True``
+    code. The hybrid variant's code is not public: ``hybrid=True``
     applies one Newton–Schulz step (``ns_coefficients``, default quintic) to
     ``M`` before the scaling, as the paper's abstract describes; its scale is
     then that of the NS output (singular values up to about 1), not of ``M``.

@@ -73,9 +73,9 @@ class ROOT(Muon):
     quantile of ``|M|`` plus 1e-9, the NS normalisation ``||R||_F + 1e-7`` in
     the parameter's dtype (``ns_dtype=None``), the Moonlight learning-rate
     ratio (``adjust_lr_fn="match_rms_adamw"``) and weight decay with the
-    unscaled lr. The catalog's fixed threshold is available as ``threshold``.
+    unscaled lr. A fixed threshold ``eps`` is available as ``threshold``.
 
-    What could not be verified: the paper fits (AdaNewton) coefficients per
+    Shape-specific coefficients: the paper fits (AdaNewton) coefficients per
     matrix shape, but its fitting procedure is not in the released code, which
     only ships the four 2048-wide shapes in :data:`ROOT_COEFFICIENTS`; every
     other shape falls back to ``ns_coefficients`` (Muon's quintic), so on small

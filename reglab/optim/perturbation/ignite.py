@@ -19,10 +19,10 @@ class IGNITE(PerturbationOptimizer):
 
     Problem: ``min_w L(w)  s.t.  rho ||grad G(w)|| <= epsilon``, where ``rho
     ||grad G||`` is the first-order proxy of the sharpness ``max_{||d|| <= rho}
-    G(w + d) - G(w)``. In the authors' code (as the catalog quotes it) ``G`` is
+    G(w + d) - G(w)``. In the authors' offline-optimization setting ``G`` is
     the surrogate's batch-mean output (pass ``constraint_closure`` to
-    ``step``); by default ``G = L``, the loss of the closure, as the catalog's
-    second description has it. One step, with multiplier ``lambda >= 0``::
+    ``step``); by default ``G = L``, the loss of the closure. One step, with
+    multiplier ``lambda >= 0``::
 
         g     = grad L(w);   c = grad G(w)   (= g when G = L)
         v     = c / (||c|| + 1e-12)
@@ -34,13 +34,12 @@ class IGNITE(PerturbationOptimizer):
     uses ``||c||`` at the weights before the primal step. While ``lambda *
     rho = 0`` the finite-difference pass is skipped (one pass per step).
 
-    Where this comes from: the reglab catalog, which quotes the authors' code
-    (github.com/cuong-dm/IGNITE, ``gradient_ascent_IGNITE/trainers.py``) for
-    the finite-difference gradient and the dual step ``lambda <- lambda +
-    lr_lambda (rho ||grad G|| - epsilon)``, and a second catalog row for the
-    projection ``max(0, .)``. The authors' code was not available to check, so
-    this form is as verified as those notes: the clamp at 0, the order of the
-    primal and dual steps, and every default value here are ours.
+    The finite-difference gradient and the dual step ``lambda <- lambda +
+    lr_lambda (rho ||grad G|| - epsilon)`` are meant to be those of the
+    authors' code (github.com/cuong-dm/IGNITE,
+    ``gradient_ascent_IGNITE/trainers.py``), not checked against it (see
+    ``docs/provenance.md``); the clamp at 0, the order of the primal and dual
+    steps, and every default value here are ours.
 
     Example:
         >>> import torch
