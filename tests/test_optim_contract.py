@@ -82,6 +82,13 @@ def test_a_group_added_later_gets_the_defaults_and_is_checked(name):
 
 
 STATES = Path(__file__).parent / "data" / "optim_states_v1.pt"
+#: the SAM ascent coefficient rho / (||g|| + 1e-12) is now a true division (it was a reciprocal times rho), which
+#: can differ in the last bit; two more float64 steps keep that at the 1e-16 relative level, far inside this bound
+ROUNDED = {
+    "sam": {"rtol": 1e-12, "atol": 1e-14},
+    "gsam": {"rtol": 1e-12, "atol": 1e-14},
+    "gam": {"rtol": 1e-12, "atol": 1e-14},
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -94,4 +101,4 @@ def test_state_dicts_of_the_earlier_classes_load_and_continue_identically(name):
     opt_fresh.load_state_dict(saved["state_dict"])
     take_steps(model, opt_fresh, batch, 2)
     for p, expected in zip(model.parameters(), saved["weights"]):
-        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=0)
+        torch.testing.assert_close(p.detach(), expected, **ROUNDED.get(name, {"rtol": 0, "atol": 0}))

@@ -56,21 +56,28 @@ class Perturbation:
         self.evaluations = 1
         self._at_origin = True  # the weights hold exactly ``origin`` (no copy needed before the next move)
 
-    def move(self, offsets: Sequence[Tensor] | None, *, force: bool = False) -> None:
-        """Set the weights to ``origin + offsets`` (``None``: back to ``origin``).
+    def move(self, offsets: Sequence[Tensor] | None, *, scale: float | Tensor = 1.0, force: bool = False) -> None:
+        """Set the weights to ``origin + scale * offsets`` (``offsets=None``: back to ``origin``).
 
         The copy of ``origin`` is skipped when the weights already hold it
         (the closure does not change the weights); ``force=True`` copies anyway.
+        A float ``scale`` is fused into the addition.
         """
         with torch.no_grad():
             if force or not self._at_origin:
                 torch._foreach_copy_(self.params, self.origin)
             if offsets is not None:
-                torch._foreach_add_(self.params, list(offsets))
+                if isinstance(scale, Tensor):
+                    offsets = torch._foreach_mul(list(offsets), scale)
+                    scale = 1.0
+                torch._foreach_add_(self.params, list(offsets), alpha=scale)
             self._at_origin = offsets is None
 
-    def grad_at(self, offsets: Sequence[Tensor] | None, closure: Closure | None = None) -> list[Tensor] | None:
-        """The gradient at ``origin + offsets`` (``None``: at ``origin``), or None if the loss there is not finite.
+    def grad_at(
+        self, offsets: Sequence[Tensor] | None, closure: Closure | None = None, *, scale: float | Tensor = 1.0
+    ) -> list[Tensor] | None:
+        """The gradient at ``origin + scale * offsets`` (``None``: at ``origin``), or None if the loss there is not
+        finite.
 
         ``closure`` defaults to the step's closure. A parameter that gets no
         gradient at that point counts as a zero gradient. The gradient itself is
@@ -79,7 +86,7 @@ class Perturbation:
         gradient scaler the gradients are unscaled here, and an inf/NaN among
         them (which the scaler finds anyway) also gives None.
         """
-        self.move(offsets)
+        self.move(offsets, scale=scale)
         with torch.enable_grad():
             loss = (closure or self.closure)()
         self.evaluations += 1

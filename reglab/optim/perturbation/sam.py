@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from reglab.core.validation import Bool, Float
 from reglab.optim.perturbation.engine import Perturbation, PerturbationOptimizer
-from reglab.optim.perturbation.vectors import ascent_offsets
+from reglab.optim.perturbation.vectors import ascent_offsets, ascent_scale
 from reglab.optim.registry import REGISTRY
 
 
@@ -81,11 +81,9 @@ class SAM(PerturbationOptimizer):
 
     def _direction(self, point: Perturbation) -> list[Tensor] | None:
         d = self.hyperparameters
-        adaptive = d["adaptive"]  # the gradient at the weights is not needed after the ascent: scaled in place
-        offsets = ascent_offsets(
-            point.params, point.grad, d["rho"], adaptive=adaptive, eta=d["eta"], inplace=not adaptive
-        )
-        return point.grad_at(offsets)
+        if d["adaptive"]:
+            return point.grad_at(ascent_offsets(point.params, point.grad, d["rho"], adaptive=True, eta=d["eta"]))
+        return point.grad_at(point.grad, scale=ascent_scale(point.grad, d["rho"]))  # w + rho g / (||g|| + 1e-12)
 
 
 @REGISTRY.register("asam")

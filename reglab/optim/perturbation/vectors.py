@@ -19,6 +19,7 @@ __all__ = [
     "NORM_EPS",
     "all_finite",
     "ascent_offsets",
+    "ascent_scale",
     "finite_loss",
     "global_norm",
     "inner",
@@ -74,7 +75,8 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     """
     if not tensors:
         return True
-    return bool(torch.isfinite(norms(tensors, torch.promote_types(common_dtype(tensors), torch.float32)).sum()))
+    # one host read of the sum (torch.isfinite is several kernels; math.isfinite on the number is free)
+    return math.isfinite(norms(tensors, torch.promote_types(common_dtype(tensors), torch.float32)).sum().item())
 
 
 def take_grad(p: Tensor) -> Tensor:
@@ -110,7 +112,6 @@ def ascent_offsets(
     *,
     adaptive: bool = False,
     eta: float = 0.0,
-    inplace: bool = False,
 ) -> list[Tensor]:
     """The SAM step of length ``radius`` along ``vectors``: ``e = radius * T^2 v / (||T v|| + 1e-12)``.
 
@@ -118,25 +119,26 @@ def ascent_offsets(
     with ``w`` the current values of ``params``. The norm is over all tensors
     together. This is ``first_step`` of davda54/sam (``e_w = (p^2 if adaptive
     else 1) * g * rho / (||(|p| if adaptive else 1) * g|| + 1e-12)``) with the
-    optional ``eta`` of SamsungLabs/ASAM. ``inplace=True`` (not adaptive) scales
-    ``vectors`` themselves and returns them, for a caller that no longer needs them.
+    optional ``eta`` of SamsungLabs/ASAM.
     """
     if adaptive:
         scales = [p.detach().abs() + eta for p in params]
         norm = global_norm([s * v for s, v in zip(scales, vectors)])
         coef = radius / (norm + NORM_EPS)
         return [v * (s * s) * coef for s, v in zip(scales, vectors)]
-    coef = radius / (global_norm(vectors) + NORM_EPS)
-    if inplace:
-        if same_kind(vectors):
-            torch._foreach_mul_(list(vectors), coef)
-        else:
-            for v in vectors:
-                v.mul_(coef)
-        return list(vectors)
+    coef = ascent_scale(vectors, radius)
     if same_kind(vectors):
         return list(torch._foreach_mul(list(vectors), coef))
     return [v * coef for v in vectors]
+
+
+def ascent_scale(vectors: Sequence[Tensor], radius: float) -> float | Tensor:
+    """``radius / (||v|| + 1e-12)`` with the norm over all tensors: a Python float when they are on the CPU (no
+    extra kernels), a 0-dim tensor elsewhere (no host synchronization)."""
+    norm = global_norm(vectors)
+    if norm.device.type == "cpu":
+        return radius / (norm.item() + NORM_EPS)
+    return radius / (norm + NORM_EPS)
 
 
 def orthogonal_part(v: Sequence[Tensor], u: Sequence[Tensor]) -> list[Tensor]:
