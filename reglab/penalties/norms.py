@@ -485,9 +485,9 @@ class NormLoss(Penalty):
     batch size and to lambda ("Norm Loss: An efficient yet effective
     regularization method for deep neural networks", Georgiou et al., 2020).
     ``w_{l,i}`` is output filter ``i`` of weight tensor ``l`` (every trainable
-    tensor with ndim >= 2; biases are left out). The formula is the catalog's; it
-    was not checked against the authors' code (none found), e.g. for a
-    per-layer normalization. Usual range: 1e-4 to 1e-2.
+    tensor with ndim >= 2; biases are left out). This is the plain sum, with no
+    per-layer normalization; the paper's exact normalization is not checked
+    (see ``docs/provenance.md``). Usual range: 1e-4 to 1e-2.
 
     Example:
         >>> penalty = NormLoss(5e-4)
@@ -533,10 +533,9 @@ class WassersteinToInit(Penalty):
     as an Explanation for Loss of Plasticity", Lewandowski et al., 2023; compared
     in "Learning Continually by Spectral Regularization", Lewandowski et al.,
     2024). Each parameter tensor is one "layer" (weights and biases separately).
-    The form (sum of squared differences of order statistics, no 1/n) is the
-    catalog's; the paper's abstract confirms a distributional regularizer toward
-    the initial weights, but its exact normalization was not checked against the
-    authors' code. Usual range: 1e-4 to 1e-1.
+    The normalization (sum of squared differences of order statistics, no 1/n)
+    may differ from the paper's (see ``docs/provenance.md``). Usual range: 1e-4
+    to 1e-1.
 
     The anchor is taken from the model on the first call (or by :meth:`reset`)
     and kept, sorted and flattened, in buffers named ``sorted_anchor__<param>``,
@@ -840,10 +839,9 @@ def weight_compander(
     and is steep near 0 (small weights are pushed away from zero and their
     gradients amplified, so more weights take part), with f's hyperparameters
     optionally learned; it is meant to be combined with weight decay, dropout etc.
-    **The paper's exact f could not be verified** (no reference code or formula
-    text was reachable): this is a documented stand-in with those properties,
-    odd, strictly increasing, saturating at ``A = max_abs``, slope ``mu = slope``
-    at 0, not the paper's function. Hyperparameters: ``max_abs`` (0.5 to 2 for
+    **The paper's exact f is unknown here**: this f is a stand-in with those
+    properties, odd, strictly increasing, saturating at ``A = max_abs``, slope
+    ``mu = slope`` at 0, not the paper's function. Hyperparameters: ``max_abs`` (0.5 to 2 for
     default-initialized layers), ``slope`` (1 to 4; 1 is nearly the identity for
     small weights), which layers.
 

@@ -143,10 +143,9 @@ class LogPartition(Penalty):
     the logits is pinned. "PaLM: Scaling Language Modeling with Pathways"
     (Chowdhery et al., 2022) adds ``1e-4 * log^2 Z`` to the cross-entropy for
     training stability (the same term is the ``z_loss`` option of Mesh
-    TensorFlow); usual weight 1e-5 to 1e-3. Not the catalog's "Z-loss" (de Brébisson
-    & Vincent, 2016, a spherical-family loss, registered as the loss
-    ``z_loss``); this penalty is not in the catalog, which names PaLM's log^2 Z
-    only to tell the two apart.
+    TensorFlow); usual weight 1e-5 to 1e-3. Not the "Z-loss" of de Brébisson
+    & Vincent (2016), a spherical-family loss registered as the loss
+    ``z_loss``.
 
     Example:
         >>> penalty = LogPartition(1e-4)

@@ -202,9 +202,9 @@ class NCWithin(Penalty):
     Both are 0 exactly when every feature equals its class mean (variability
     collapse). The compactness form is the within-class regularizer of
     "Inducing Neural Collapse in Deep Long-tailed Learning" (Liu, Zhang, Hu,
-    Cao, Pan, Yao, 2023) as our method catalog gives it
-    (sum_i ||h_i - mu_{y_i}||^2, here divided by the batch size so the weight
-    does not scale with it); it can also be lowered by shrinking all features,
+    Cao, Pan, Yao, 2023), sum_i ||h_i - mu_{y_i}||^2, here divided by the batch
+    size so the weight does not scale with it; it can also be lowered by
+    shrinking all features,
     which cross-entropy resists. The ratio form is the scale- and
     translation-invariant NC1-style measure (Papyan, Han, Donoho, "Prevalence
     of neural collapse during the terminal phase of deep learning training",
@@ -213,8 +213,8 @@ class NCWithin(Penalty):
     on imbalanced data. Batches with fewer than two classes give 0 for the ratio form.
     Usual weights: 1e-3 to 1 (compactness, depends on the feature scale), 0.01 to 1 (ratio).
 
-    Not verified: the paper's text and code were not available to us; the
-    catalog's form is implemented.
+    The form is not checked against the paper's text or code (see
+    ``docs/provenance.md``).
 
     Example:
         >>> penalty = NCWithin(0.1, form="ratio")
@@ -267,11 +267,10 @@ class NCBetween(Penalty):
     fewer than two classes give 0.
 
     The between-class regularizer of "Inducing Neural Collapse in Deep
-    Long-tailed Learning" (Liu, Zhang, Hu, Cao, Pan, Yao, 2023), in the
-    form our method catalog gives (class-mean cosines pushed to -1/(K-1)); the
-    squared-deviation loss and the centering on the mean of the class means
-    are ours. Not verified against the paper's text or code (not available to
-    us). Usual weights: 0.01 to 1.
+    Long-tailed Learning" (Liu, Zhang, Hu, Cao, Pan, Yao, 2023): class-mean
+    cosines pushed to -1/(K-1); the squared-deviation loss and the centering on
+    the mean of the class means are ours. The form is not checked against the
+    paper's text or code (see ``docs/provenance.md``). Usual weights: 0.01 to 1.
 
     Example:
         >>> penalty = NCWithin(0.1) + NCBetween(0.1)
@@ -327,10 +326,10 @@ class SingularValueUniformity(Penalty):
 
     "An Embedding-Dynamic Approach to Self-supervised Learning" (Moon, Buracas,
     Park, Kim, Canny, 2022): its singular value loss "pushes the particle
-    system toward spatially homogeneous density". Our catalog leaves the exact
-    form to the paper ("e.g. variance of s_k or -sum log s_k"); the paper and
-    its code were not available to us, so the two catalog forms are offered,
-    normalized as above. Not verified. Usual weights: 0.01 to 1.
+    system toward spatially homogeneous density". The paper's exact form is
+    unknown here: the two forms above (a variance, and a KL form built on
+    -sum log s_k) are candidates with that property (see
+    ``docs/provenance.md``). Usual weights: 0.01 to 1.
 
     Example:
         >>> penalty = SingularValueUniformity(0.1, form="kl")
@@ -400,8 +399,8 @@ class PairwiseOrthogonality(Penalty):
 
     "Learn to Preserve and Diversify: Parameter-Efficient Group with
     Orthogonal Regularization for Domain Generalization" (PEGO, Hu et al.,
-    ECCV 2024). The catalog writes the diversity loss as
-    sum_{i != j} ||A_i A_j^T||_F^2; public copies of PEGO's loss code
+    ECCV 2024). The squared form sum_{i != j} ||A_i A_j^T||_F^2 is
+    ``squared=True`` (times 1/2); public copies of PEGO's loss code
     (``ParameterOrthogonalityLoss`` over ``lora{i}_A`` in ``LoRAInjectedLinear``
     layers) sum the unsquared ``torch.norm(A_i @ A_j.T, "fro")`` over i < j per
     layer, which is our default. The preserve term (A_i against the frozen W_0)

