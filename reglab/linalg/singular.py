@@ -7,6 +7,8 @@ is differentiable in ``W``, as spectral normalization needs.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -68,22 +70,76 @@ def _singular_power_iteration(
     W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float = _EPS
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`singular_power_iteration` without the argument checks (the returned vectors never alias the inputs)."""
-    with torch.no_grad():
-        Wd = W.detach()
-        if u.dtype != Wd.dtype or u.device != Wd.device or v.dtype != Wd.dtype or v.device != Wd.device:
-            u, v = u.to(dtype=Wd.dtype, device=Wd.device), v.to(dtype=Wd.dtype, device=Wd.device)
-        u, v = u.detach(), v.detach()
+    sigmas, (u,), (v,) = singular_power_iterations([W], [u], [v], n_iter, eps)
+    return sigmas[0], u, v
+
+
+def singular_power_iterations(
+    matrices: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor], n_iter: int, eps: float = _EPS
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """:func:`singular_power_iteration` on several matrices at once, without argument checks.
+
+    The iterations of all matrices run together without autograd (the
+    normalizations as one fused call per step, ``torch._foreach_norm``), and
+    the estimates ``sigma_l = u_l^T W_l v_l`` come back as one vector ``(L,)``
+    made by a single autograd node whose backward gives each ``W_l`` the
+    gradient ``g_l u_l v_l^T``; a penalty on many layers thus adds one node to
+    the graph instead of a matrix-vector product and a dot product per layer.
+    With ``n_iter >= 1``, ``u_l = W_l v_l / max(||W_l v_l||, eps)``, so
+    ``sigma_l = ||W_l v_l||^2 / max(||W_l v_l||, eps)`` is computed from the norm.
+
+    Args:
+        matrices: ``L >= 1`` matrices ``(m_l, n_l)`` (any dtype and device each).
+        us: the left vectors ``(m_l,)``.
+        vs: the right vectors ``(n_l,)``.
+        n_iter: iterations, >= 0.
+        eps: floor of the norms divided by.
+
+    Returns:
+        ``(sigmas, us, vs)``: the estimates, shape ``(L,)`` in the first matrix's dtype,
+        and the new vectors (fresh, detached, each in its matrix's dtype and device).
+    """
+    out = _TopSingularValues.apply(list(us), list(vs), n_iter, eps, *matrices)
+    n = len(matrices)
+    return out[0], list(out[1 : n + 1]), list(out[n + 1 :])
+
+
+class _TopSingularValues(torch.autograd.Function):
+    """sigma_l = u_l^T W_l v_l after ``n_iter`` power iterations; d sigma_l / d W_l = u_l v_l^T (u, v held fixed)."""
+
+    @staticmethod
+    def forward(
+        ctx, us: list[Tensor], vs: list[Tensor], n_iter: int, eps: float, *matrices: Tensor
+    ) -> tuple[Tensor, ...]:
+        # autograd is off inside forward: the iteration records nothing
+        Ws = [W.detach() for W in matrices]
+        us = [u.detach().to(dtype=W.dtype, device=W.device) for u, W in zip(us, Ws)]
+        vs = [v.detach().to(dtype=W.dtype, device=W.device) for v, W in zip(vs, Ws)]
         if n_iter == 0:
-            u, v = u.clone(), v.clone()
+            us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+            sigmas = torch.stack([torch.dot(u, W @ v) for u, W, v in zip(us, Ws, vs)])
         for i in range(n_iter):
-            v = _normalize(Wd.mT @ u, eps)
+            vs = _normalize_all([W.mT @ u for W, u in zip(Ws, us)], eps)
+            Wv = [W @ v for W, v in zip(Ws, vs)]
             if i < n_iter - 1:
-                u = _normalize(Wd @ v, eps)
-    Wv = W @ v  # the last product carries the gradient: sigma = u^T W v with u = normalize(W v) detached
-    if n_iter > 0:
-        u = _normalize(Wv.detach(), eps)
-    return torch.dot(u, Wv), u, v
+                us = _normalize_all(Wv, eps)
+            else:
+                norms = torch._foreach_norm(Wv)
+                floors = torch._foreach_clamp_min(norms, eps)
+                us = torch._foreach_div(Wv, floors)
+                sigmas = torch.stack(torch._foreach_div(torch._foreach_mul(norms, norms), floors))
+        ctx.mark_non_differentiable(*us, *vs)
+        ctx.save_for_backward(*us, *vs)
+        return (sigmas, *us, *vs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, *vector_grads: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        n = len(saved) // 2
+        grads = [torch.outer(g * u, v) for g, u, v in zip(grad.unbind(), saved[:n], saved[n:])]
+        return (None, None, None, None, *grads)
 
 
-def _normalize(x: Tensor, eps: float) -> Tensor:
-    return x / torch.linalg.vector_norm(x).clamp_min(eps)
+def _normalize_all(xs: list[Tensor], eps: float) -> list[Tensor]:
+    """Each vector divided by max(its norm, eps): three fused calls for the whole list."""
+    return torch._foreach_div(xs, torch._foreach_clamp_min(torch._foreach_norm(xs), eps))

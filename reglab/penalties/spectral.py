@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from reglab.core import ConfigError, Penalty, ShapeError, StepContext
 from reglab.core.validation import check_bool, check_choice, check_float, check_int
-from reglab.linalg.singular import singular_power_iteration
+from reglab.linalg.singular import singular_power_iteration, singular_power_iterations
 from reglab.penalties.registry import REGISTRY
 
 __all__ = [
@@ -223,7 +223,7 @@ def _select(
 
 
 def _as_matrix(weight: Tensor) -> Tensor:
-    return weight.reshape(weight.shape[0], -1)
+    return weight if weight.ndim == 2 else weight.reshape(weight.shape[0], -1)
 
 
 def _smaller_gram(W: Tensor) -> Tensor:
@@ -264,6 +264,14 @@ class _LayerPenalty(Penalty):
             )
         return layers
 
+    def extra_repr(self) -> str:
+        names = f", names={self.names!r}" if self.names is not None else ""
+        return f"weight={self.weight:g}, types={self.types}{names}"
+
+
+class _SummedLayerPenalty(_LayerPenalty):
+    """A layer penalty computed one layer at a time: the sum of :meth:`layer_term`."""
+
     def compute(self, ctx: StepContext) -> Tensor:
         total = None
         for key, module, weight in self._layers(ctx.model):
@@ -274,10 +282,6 @@ class _LayerPenalty(Penalty):
     @abc.abstractmethod
     def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
         """The unweighted term of one layer."""
-
-    def extra_repr(self) -> str:
-        names = f", names={self.names!r}" if self.names is not None else ""
-        return f"weight={self.weight:g}, types={self.types}{names}"
 
 
 def _buffer_key(kind: str, key: str) -> str:
@@ -325,16 +329,34 @@ class _PowerIterationPenalty(_LayerPenalty):
             self.register_buffer(kv, v.to(dtype=A.dtype, device=A.device))
         return self._buffers[ku], self._buffers[kv]
 
-    def sigma(self, key: str, A: Tensor) -> Tensor:
-        """The power-iteration estimate of sigma_max(A) for the layer ``key`` (differentiable in A)."""
-        u, v = self._vectors(key, A)
-        if not self.training:
-            return singular_power_iteration(A, u, v, 0)[0]
-        sigma, u_new, v_new = singular_power_iteration(A, u, v, self.n_power_iterations)
-        # store the new vectors as the buffers (fresh tensors: nothing saved for a backward pass is modified)
-        self._buffers[_buffer_key("u", key)] = u_new
-        self._buffers[_buffer_key("v", key)] = v_new
-        return sigma
+    def compute(self, ctx: StepContext) -> Tensor:
+        layers = self._layers(ctx.model)
+        sigmas = self.sigmas([key for key, _, _ in layers], [self.matrix(weight) for _, _, weight in layers])
+        return self.sigma_term(sigmas).sum()
+
+    @abc.abstractmethod
+    def matrix(self, weight: Tensor) -> Tensor:
+        """The matrix of one layer whose largest singular value is penalized."""
+
+    @abc.abstractmethod
+    def sigma_term(self, sigmas: Tensor) -> Tensor:
+        """The unweighted term of each layer, elementwise in the vector of estimates."""
+
+    def sigmas(self, keys: list[str], matrices: list[Tensor]) -> Tensor:
+        """Power-iteration estimates of sigma_max of each layer's matrix, shape ``(L,)``, differentiable in them.
+
+        All layers iterate together and the estimates are one autograd node
+        (:func:`reglab.linalg.singular.singular_power_iterations`).
+        """
+        pairs = [self._vectors(key, A) for key, A in zip(keys, matrices)]
+        n_iter = self.n_power_iterations if self.training else 0
+        sigmas, us, vs = singular_power_iterations(matrices, [u for u, _ in pairs], [v for _, v in pairs], n_iter)
+        if self.training:
+            # store the new vectors as the buffers (fresh tensors: nothing saved for a backward pass is modified)
+            for key, u, v in zip(keys, us, vs):
+                self._buffers[_buffer_key("u", key)] = u
+                self._buffers[_buffer_key("v", key)] = v
+        return sigmas
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A fresh instance has no vectors yet: create buffers of the stored shapes so that loading round-trips.
@@ -398,9 +420,11 @@ class SpectralNorm(_PowerIterationPenalty):
         super().__init__(weight, n_power_iterations=n_power_iterations, seed=seed, types=types, names=names, name=name)
         self.squared = check_bool("squared", squared)
 
-    def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
-        s = self.sigma(key, _as_matrix(weight))
-        return 0.5 * s * s if self.squared else s
+    def matrix(self, weight: Tensor) -> Tensor:
+        return _as_matrix(weight)
+
+    def sigma_term(self, sigmas: Tensor) -> Tensor:
+        return 0.5 * sigmas.square() if self.squared else sigmas
 
 
 @REGISTRY.register("spectral_cl")
@@ -452,16 +476,18 @@ class SpectralRegularizer(_PowerIterationPenalty):
         super().__init__(weight, n_power_iterations=n_power_iterations, seed=seed, types=types, names=names, name=name)
         self.k = check_float("k", k, 0.0, low_open=True)
 
-    def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
-        s = self.sigma(key, _as_matrix(weight))
-        return (s.pow(self.k) - 1.0).pow(2)
+    def matrix(self, weight: Tensor) -> Tensor:
+        return _as_matrix(weight)
+
+    def sigma_term(self, sigmas: Tensor) -> Tensor:
+        return (sigmas.pow(self.k) - 1.0).square()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k:g}"
 
 
 @REGISTRY.register("nuclear_norm")
-class NuclearNorm(_LayerPenalty):
+class NuclearNorm(_SummedLayerPenalty):
     """Nuclear norm: weight * sum over layers of the sum of the singular values of W.
 
     .. math:: R(\\theta) = \\lambda \\sum_l \\lVert W_l \\rVert_* = \\lambda \\sum_l \\sum_i \\sigma_i(W_l)
@@ -490,7 +516,7 @@ class NuclearNorm(_LayerPenalty):
 
 
 @REGISTRY.register("condition_number")
-class ConditionNumber(_LayerPenalty):
+class ConditionNumber(_SummedLayerPenalty):
     """Condition-number penalty: weight * sum over layers of sigma_max(W) / sigma_min(W) (or its log).
 
     .. math:: R(\\theta) = \\lambda \\sum_l \\kappa(W_l), \\quad
@@ -543,7 +569,7 @@ class ConditionNumber(_LayerPenalty):
 
 
 @REGISTRY.register("soft_orthogonality")
-class SoftOrthogonality(_LayerPenalty):
+class SoftOrthogonality(_SummedLayerPenalty):
     """Soft orthogonality: weight * sum over layers of ||W^T W - I||_F^2, with the smaller Gram matrix.
 
     .. math:: R(\\theta) = \\lambda \\sum_l \\lVert G_l - I \\rVert_F^2, \\quad
@@ -629,15 +655,16 @@ class SRIP(_PowerIterationPenalty):
         super().__init__(weight, n_power_iterations=n_power_iterations, seed=seed, types=types, names=names, name=name)
         self.squared = check_bool("squared", squared)
 
-    def layer_term(self, key: str, module: nn.Module, weight: Tensor) -> Tensor:
+    def matrix(self, weight: Tensor) -> Tensor:
         gram = _smaller_gram(_as_matrix(weight))
-        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        s = self.sigma(key, gram - eye)
-        return s * s if self.squared else s
+        return gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+    def sigma_term(self, sigmas: Tensor) -> Tensor:
+        return sigmas.square() if self.squared else sigmas
 
 
 @REGISTRY.register("conv_orthogonality")
-class KernelOrthogonality(_LayerPenalty):
+class KernelOrthogonality(_SummedLayerPenalty):
     """Orthogonal convolution (OCNN): weight * sum over conv layers of ||Conv(K, K, padding=P, stride=S) - I_r0||_F^2.
 
     .. math:: R(\\theta) = \\lambda \\sum_l \\lVert \\mathrm{Conv}(K_l, K_l,
