@@ -8,6 +8,7 @@ states.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from torch import nn
 import reglab.penalties
 from reglab.core import ConfigError, MissingContextError, ShapeError, StepContext
 from reglab.losses import CrossEntropy
+from reglab.penalties.context import frozen_norm_stats
 from reglab.penalties.smoothness import (
     VAT,
     FlipInvariance,
@@ -141,6 +143,113 @@ def test_jacobian_norm_leaves_batchnorm_statistics(batch):
     JacobianNorm(1.0)(_ctx(model, x, y))
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.num_batches_tracked, count)
     assert bn.track_running_stats
+
+
+# -- Jacobian norm from the step's forward pass (ctx.differentiable_inputs) -----------------------------------------
+#
+# Tolerances: the value is c/n times a sum of n squared vector-Jacobian products of O(1) entries, each a sum
+# of O(width) products, in float64; the dense oracle rounds the same quantities in another order, so the two
+# agree to ~1e-15 relative: rtol=1e-12 keeps a wide margin and still catches any formula or mask error (O(1)).
+# Both paths of the penalty run the same operations in the same order, so they are compared exactly.
+
+ORACLE_TOL = {"rtol": 1e-12, "atol": 1e-14}
+
+
+def _step_ctx(model, x, y):
+    """The context train_step builds for JacobianNorm: outputs of one forward pass on a leaf copy of x."""
+    leaf = x.detach().requires_grad_(True)
+    return _ctx(model, x, y, outputs=model(leaf), differentiable_inputs=leaf)
+
+
+def _projections(seed, n, c):
+    """The unit projections JacobianNorm(n_projections=1) draws after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    v = torch.randn(n, c, dtype=torch.float64)
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+
+
+def _projected_batch_jacobian_sq(f, x, v):
+    """c/n sum_j ||sum_i v_i^T J_ij||^2 from the dense (n, c, n, d) Jacobian of the whole batch (cross-example
+    terms included, as batch statistics make them)."""
+    J = torch.autograd.functional.jacobian(f, x)
+    vjp = torch.einsum("ic,icjd->jd", v, J)
+    return v.shape[1] * vjp.pow(2).sum() / x.shape[0]
+
+
+def test_jacobian_norm_from_the_step_pass_matches_dense_oracle_and_second_pass(tiny, batch):
+    """Same seed, same projections: the step-pass value equals the dense oracle and the second-pass value."""
+    x, y = batch
+    penalty = JacobianNorm(1.0)
+    ctx = _step_ctx(tiny, x, y)
+    torch.manual_seed(3)
+    fast = penalty(ctx)
+    torch.manual_seed(3)
+    second = penalty(_ctx(tiny, x, y))
+    assert fast.item() == second.item()
+    v = _projections(3, *ctx.outputs.shape)
+    expected = 3 * sum(
+        (vi @ torch.func.jacrev(lambda u: tiny(u.unsqueeze(0)).squeeze(0))(xi)).pow(2).sum() for vi, xi in zip(v, x)
+    )
+    torch.testing.assert_close(fast, expected / x.shape[0], **ORACLE_TOL)
+    # the gradient in the parameters too: both paths differentiate the same function (J does not see the last bias)
+    params = list(tiny.parameters())
+    grads_fast = torch.autograd.grad(fast, params, allow_unused=True, materialize_grads=True)
+    grads_second = torch.autograd.grad(second, params, allow_unused=True, materialize_grads=True)
+    for a, b in zip(grads_fast, grads_second):
+        torch.testing.assert_close(a, b, **ORACLE_TOL)
+
+
+@pytest.mark.parametrize("n_projections", [1, None], ids=["one_projection", "exact"])
+def test_jacobian_norm_from_the_step_pass_with_batchnorm_in_train_mode(batch, n_projections):
+    """Train-mode BatchNorm: J of the batch-statistics function, cross-example terms included; the step pass
+    gives the second pass's value and leaves the running statistics as the step's forward left them."""
+    x, y = batch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3)).double().train()
+    oracle_model = copy.deepcopy(model)
+    ctx = _step_ctx(model, x, y)
+    stats = model[1].running_mean.clone(), model[1].num_batches_tracked.clone()
+    penalty = JacobianNorm(1.0, n_projections=n_projections)
+    torch.manual_seed(4)
+    fast = penalty(ctx)
+    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].num_batches_tracked, stats[1])
+    torch.manual_seed(4)
+    assert fast.item() == penalty(_ctx(model, x, y)).item()
+    with frozen_norm_stats(oracle_model):
+        if n_projections is None:  # projection e_k on every example at once: sum_k ||sum_i J_ik||^2 / n
+            J = torch.autograd.functional.jacobian(oracle_model, x)  # (n, c, n, d)
+            expected = J.sum(0).pow(2).sum() / x.shape[0]
+        else:
+            expected = _projected_batch_jacobian_sq(oracle_model, x, _projections(4, 5, 3))
+    torch.testing.assert_close(fast, expected, **ORACLE_TOL)
+
+
+def test_jacobian_norm_with_dropout_uses_the_mask_of_the_pass_it_differentiates(batch):
+    """Inside train_step J is the Jacobian under the step's own dropout mask; the second pass (a context without
+    differentiable_inputs) uses the fresh mask of its own forward. Each is pinned by the mask a hook records."""
+    x, y = batch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3)).double().train()
+    masks = []
+    model[2].register_forward_hook(lambda m, inp, out: masks.append(out / inp[0]))  # 0 or 1 / (1 - p)
+
+    def exact_with_mask(mask):
+        """mean_i ||J_i||_F^2 of x -> W2 (mask * tanh(W1 x)) + b2, by jacrev one example at a time."""
+        total = 0.0
+        for xi, mi in zip(x, mask):
+            jac = torch.func.jacrev(lambda u, m=mi: model[3](m * model[1](model[0](u))))(xi)
+            total = total + jac.pow(2).sum()
+        return total / x.shape[0]
+
+    penalty = JacobianNorm(1.0, n_projections=None)
+    torch.manual_seed(5)
+    fast = penalty(_step_ctx(model, x, y))
+    second = penalty(_ctx(model, x, y))
+    step_mask, second_mask = masks
+    assert not torch.equal(step_mask, second_mask)  # 30 fair coins: equal with probability 2^-30
+    torch.testing.assert_close(fast, exact_with_mask(step_mask), **ORACLE_TOL)
+    torch.testing.assert_close(second, exact_with_mask(second_mask), **ORACLE_TOL)
+    assert len(masks) == 2  # the step-pass value ran no forward pass of its own
 
 
 # -- input gradient norm -------------------------------------------------------------------------------------------

@@ -345,3 +345,41 @@ def test_fit_twice_starts_a_fresh_history():
     n_first = len(first.history)
     second = trainer.fit()  # continues at step 2 = steps: one evaluation, nothing appended to the first result
     assert len(first.history) == n_first and {row[0] for row in second.history} == {2}
+
+
+class _InputGradientSpy(Penalty):
+    """||d sum(outputs) / d x||^2 from the step's own pass, recording what the context held."""
+
+    needs = frozenset({"outputs", "differentiable_inputs"})
+    seen: dict = {}
+
+    def compute(self, ctx):
+        type(self).seen = {"inputs": ctx.inputs, "differentiable_inputs": ctx.differentiable_inputs}
+        (grad,) = torch.autograd.grad(ctx.outputs.sum(), ctx.differentiable_inputs, create_graph=True)
+        return grad.pow(2).sum()
+
+
+def test_differentiable_inputs_are_the_inputs_of_the_forward_pass(tiny):
+    """A copy of x that requires grad, the one the outputs came from: its input gradient is the dense one
+    (sum_i ||1^T J(x_i)||^2 by jacrev, float64: equal to ~1e-15 relative, rtol=1e-12)."""
+    x, y = _batch()
+    record = train_step(
+        tiny, (x, y), CrossEntropy(), torch.optim.SGD(tiny.parameters(), lr=0.0), _InputGradientSpy(1.0)
+    )
+    seen = _InputGradientSpy.seen
+    assert seen["inputs"] is x and not x.requires_grad
+    leaf = seen["differentiable_inputs"]
+    assert leaf.requires_grad and leaf.is_leaf and torch.equal(leaf, x)
+    expected = sum(torch.func.jacrev(tiny)(xi).sum(0).pow(2).sum() for xi in x).item()
+    assert record["penalty/_input_gradient_spy"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_token_inputs_get_no_differentiable_inputs():
+    """Integer ids cannot require grad: the field stays None and the penalty reports the inputs itself."""
+    from reglab.penalties import JacobianNorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(3, 4), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    ids, y = torch.randint(0, 3, (5, 2)), torch.randint(0, 3, (5,))
+    with pytest.raises(ConfigError, match="jacobian_norm perturbs or differentiates.*floating-point"):
+        train_step(model, (ids, y), CrossEntropy(), torch.optim.SGD(model.parameters(), lr=0.1), JacobianNorm(1.0))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 #: Fields of :class:`StepContext` a penalty or loss may declare in its ``needs``.
-CONTEXT_FIELDS = frozenset({"inputs", "outputs", "features", "loss_fn", "indices"})
+CONTEXT_FIELDS = frozenset({"inputs", "outputs", "features", "loss_fn", "indices", "differentiable_inputs"})
 
 
 @dataclass
@@ -25,6 +25,12 @@ class StepContext:
         outputs: logits of the forward pass already done.
         features: penultimate features ``model.features(inputs)``.
         indices: dataset indices of the batch, for per-example state.
+        differentiable_inputs: the input batch (the values of ``inputs``) as a
+            tensor that requires grad, on which the forward pass ran (a leaf
+            copy, or ``inputs`` itself when it already requires grad): ``outputs``
+            and ``features`` are differentiable in it, so a penalty can take
+            input gradients without a second forward pass. Filled for
+            floating-point inputs only.
         loss_fn: the data loss, ``loss_fn(outputs, targets)``.
         step: the optimizer step count.
     """
@@ -37,3 +43,4 @@ class StepContext:
     indices: Tensor | None = None
     loss_fn: Callable[..., Tensor] | None = None
     step: int = 0
+    differentiable_inputs: Tensor | None = None

@@ -1,9 +1,10 @@
 """Smoothness penalties on the function of the inputs: Jacobian, input gradient, local linearity, VAT, equivariance.
 
-Each of these runs the model again on the (perturbed or transformed) inputs.
-Those extra forward passes leave batch-norm running statistics untouched
-(:func:`~reglab.penalties.gradient.frozen_norm_stats`); dropout draws fresh
-masks. Random draws (projections, perturbations, group elements) use torch's
+Each of these runs the model again on the (perturbed or transformed) inputs,
+except :class:`JacobianNorm` inside ``train_step``, which differentiates the
+step's own forward pass. Those extra forward passes leave batch-norm running
+statistics untouched (:func:`~reglab.penalties.gradient.frozen_norm_stats`);
+dropout draws fresh masks. Random draws (projections, perturbations, group elements) use torch's
 global generator, so ``reglab.core.seed_everything`` makes them reproducible.
 """
 
@@ -63,7 +64,16 @@ class JacobianNorm(Penalty):
     the same estimator to accelerate grokking. One projection per step is the
     paper's default; usual weights 1e-4 to 1e-1.
 
-    The model is run again on the inputs (with ``requires_grad``) to get J; the
+    Where J comes from: the penalty declares ``differentiable_inputs``, so
+    ``train_step`` runs its forward pass on inputs that require grad and J is
+    taken from that pass (``ctx.outputs``), with no second forward pass: with
+    dropout, J is the Jacobian of the network under the step's own dropout
+    masks, the function whose loss the step minimizes; with BatchNorm in train
+    mode, of the batch-statistics function that pass computed. Given a context
+    without ``differentiable_inputs`` (or ``outputs``), the penalty runs the
+    model again on the inputs (fresh dropout masks, batch-norm running
+    statistics untouched): the same value when the model draws no random
+    numbers. The projections are drawn after the forward pass either way. The
     outputs may have any shape ``(n, ...)`` (flattened to C values).
 
     Example:
@@ -77,16 +87,19 @@ class JacobianNorm(Penalty):
         ConfigError: n_projections < 1; integer inputs (token ids have no Jacobian).
     """
 
-    needs = frozenset({"inputs"})
+    needs = frozenset({"inputs", "outputs", "differentiable_inputs"})
 
     def __init__(self, weight: float, *, n_projections: int | None = 1, name: str | None = None):
         super().__init__(weight, name=name)
         self.n_projections = None if n_projections is None else check_int("n_projections", n_projections, 1)
 
     def compute(self, ctx: StepContext) -> Tensor:
-        x = _leaf_inputs(float_inputs(ctx, self.name))
-        with torch.enable_grad(), frozen_norm_stats(ctx.model):
-            y = ctx.model(x)
+        if ctx.differentiable_inputs is not None and ctx.outputs is not None:
+            x, y = ctx.differentiable_inputs, ctx.outputs
+        else:
+            x = _leaf_inputs(float_inputs(ctx, self.name))
+            with torch.enable_grad(), frozen_norm_stats(ctx.model):
+                y = ctx.model(x)
         n = y.shape[0]
         y = y.reshape(n, -1)
         c = y.shape[1]

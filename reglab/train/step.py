@@ -83,7 +83,9 @@ def train_step(
     The objective is ``loss_fn(model(x), y) + penalty(ctx)``. ``augment`` is
     applied to the batch first. ``ctx`` carries exactly the fields the penalty
     declares in ``needs``, taken from the same forward pass; when it needs
-    ``features`` the forward pass is ``model.head(model.features(x))``. A loss
+    ``features`` the forward pass is ``model.head(model.features(x))``; when it
+    needs ``differentiable_inputs`` (and the inputs are floating point) that
+    pass runs on a copy of ``x`` that requires grad. A loss
     whose ``needs`` contains ``"indices"`` is called with ``indices=``.
 
     Optimizers with ``requires_closure = True`` (the SAM family) get
@@ -131,6 +133,8 @@ def train_step(
     _check_can_provide(model, penalty, loss_fn, indices)
     needs = set(getattr(penalty, "needs", ()))
     loss_takes_indices = "indices" in getattr(loss_fn, "needs", ())
+    # token ids cannot require grad: the penalty then gets None and reports the inputs itself
+    differentiable = "differentiable_inputs" in needs and torch.is_tensor(inputs) and inputs.is_floating_point()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = scaler if scaler is not None and scaler.is_enabled() else None
     if scaler is not None and not supports_grad_scaler(optimizer):
@@ -143,12 +147,13 @@ def train_step(
 
     def closure() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
+        x = inputs.detach().requires_grad_(True) if differentiable and not inputs.requires_grad else inputs
         with autocast():
             if "features" in needs:
-                features = model.features(inputs)
+                features = model.features(x)
                 outputs = model.head(features)
             else:
-                features, outputs = None, model(inputs)
+                features, outputs = None, model(x)
             loss = loss_fn(outputs, targets, indices=indices) if loss_takes_indices else loss_fn(outputs, targets)
             objective = loss
             terms: dict[str, Tensor] = {}
@@ -162,6 +167,7 @@ def train_step(
                     indices=indices if "indices" in needs else None,
                     loss_fn=loss_fn if "loss_fn" in needs else None,
                     step=step,
+                    differentiable_inputs=x if differentiable else None,
                 )
                 terms = penalty.breakdown(ctx)
                 for value in terms.values():
