@@ -113,8 +113,7 @@ class _TopSingularValues(torch.autograd.Function):
     ) -> tuple[Tensor, ...]:
         # autograd is off inside forward: the iteration records nothing
         Ws = [W.detach() for W in matrices]
-        us = [u.detach().to(dtype=W.dtype, device=W.device) for u, W in zip(us, Ws)]
-        vs = [v.detach().to(dtype=W.dtype, device=W.device) for v, W in zip(vs, Ws)]
+        us, vs = [_like(u, W) for u, W in zip(us, Ws)], [_like(v, W) for v, W in zip(vs, Ws)]
         if n_iter == 0:
             us, vs = [u.clone() for u in us], [v.clone() for v in vs]
             sigmas = torch.stack([torch.dot(u, W @ v) for u, W, v in zip(us, Ws, vs)])
@@ -124,10 +123,10 @@ class _TopSingularValues(torch.autograd.Function):
             if i < n_iter - 1:
                 us = _normalize_all(Wv, eps)
             else:
-                norms = torch._foreach_norm(Wv)
-                floors = torch._foreach_clamp_min(norms, eps)
-                us = torch._foreach_div(Wv, floors)
-                sigmas = torch.stack(torch._foreach_div(torch._foreach_mul(norms, norms), floors))
+                norms = torch.stack(torch._foreach_norm(Wv))
+                floors = norms.clamp_min(eps)
+                us = torch._foreach_div(Wv, floors.unbind())
+                sigmas = norms * norms / floors
         ctx.mark_non_differentiable(*us, *vs)
         ctx.save_for_backward(*us, *vs)
         return (sigmas, *us, *vs)
@@ -138,6 +137,12 @@ class _TopSingularValues(torch.autograd.Function):
         n = len(saved) // 2
         grads = [torch.outer(g * u, v) for g, u, v in zip(grad.unbind(), saved[:n], saved[n:])]
         return (None, None, None, None, *grads)
+
+
+def _like(x: Tensor, W: Tensor) -> Tensor:
+    """``x`` detached, in ``W``'s dtype and device (a copy only where they differ)."""
+    x = x.detach()
+    return x if x.dtype == W.dtype and x.device == W.device else x.to(dtype=W.dtype, device=W.device)
 
 
 def _normalize_all(xs: list[Tensor], eps: float) -> list[Tensor]:
