@@ -49,8 +49,12 @@ class Loss(nn.Module):
         return f"reduction={self.reduction!r}"
 
 
-def check_class_targets(logits: Tensor, targets: Tensor, owner: str) -> None:
-    """Check ``logits`` is (n, K) and ``targets`` is (n,) int class indices or (n, K) probabilities."""
+def check_class_targets(logits: Tensor, targets: Tensor, owner: str, *, read_range: bool = True) -> None:
+    """Check ``logits`` is (n, K) and ``targets`` is (n,) int class indices or (n, K) probabilities.
+
+    The class-index range costs one host transfer (a sync on a GPU); ``read_range=False`` checks the shapes
+    only, for a caller that reads the range together with other values (:meth:`PerExampleState._check_batch`).
+    """
     if logits.ndim != 2:
         raise ShapeError(f"{owner}: logits must have shape (n, num_classes), got {tuple(logits.shape)}")
     if targets.shape == logits.shape and targets.is_floating_point():
@@ -60,15 +64,25 @@ def check_class_targets(logits: Tensor, targets: Tensor, owner: str) -> None:
             f"{owner}: targets must be int64 class indices of shape ({logits.shape[0]},) or probabilities of shape "
             f"{tuple(logits.shape)}, got {tuple(targets.shape)} {targets.dtype} (use targets.long() for other integers)"
         )
-    if not targets.numel():
+    if not targets.numel() or not read_range:
         return
+    ranges = _read_ranges(targets)
+    if ranges:
+        _check_class_range(owner, logits.shape[1], *ranges)
+
+
+def _read_ranges(*tensors: Tensor) -> list[int]:
+    """[min, max] of every (non-empty) integer tensor, read in one host transfer; [] inside ``torch.func.vmap``."""
     try:
-        low, high = torch.stack(torch.aminmax(targets)).tolist()  # one reduction, one host transfer
-    except RuntimeError:  # inside torch.func.vmap values cannot be read in Python; the shapes were checked above
-        return
-    if low < 0 or high >= logits.shape[1]:
+        return torch.stack([v.long() for t in tensors for v in torch.aminmax(t)]).tolist()
+    except RuntimeError:  # inside torch.func.vmap values cannot be read in Python; the shapes were checked
+        return []
+
+
+def _check_class_range(owner: str, num_classes: int, low: int, high: int) -> None:
+    if low < 0 or high >= num_classes:
         raise ShapeError(
-            f"{owner}: class indices must be in [0, {logits.shape[1]}), got values in "
+            f"{owner}: class indices must be in [0, {num_classes}), got values in "
             f"[{low}, {high}] (reglab losses have no ignore_index)"
         )
 
@@ -103,8 +117,11 @@ class PerExampleState(Loss):
         self.num_classes = check_int("num_classes", num_classes, 2)
 
     def _check_batch(self, logits: Tensor, targets: Tensor, indices: Tensor | None, owner: str) -> Tensor:
-        """Validate a batch and return its indices as a long tensor on the buffers' device."""
-        check_class_targets(logits, targets, owner)
+        """Validate a batch and return its indices as a long tensor on the buffers' device.
+
+        The class-index and dataset-index ranges are read in one host transfer.
+        """
+        check_class_targets(logits, targets, owner, read_range=False)
         if logits.shape[1] != self.num_classes:
             raise ShapeError(f"{owner}: built for num_classes={self.num_classes}, got logits {tuple(logits.shape)}")
         if indices is None:
@@ -118,26 +135,34 @@ class PerExampleState(Loss):
             raise ShapeError(
                 f"{owner}: indices must have shape ({logits.shape[0]},), one per example, got {tuple(indices.shape)}"
             )
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_examples):
-            raise ConfigError(
-                f"{owner}: indices must be dataset indices in [0, num_examples={self.num_examples}), got values in "
-                f"[{int(indices.min())}, {int(indices.max())}]; build the loss with num_examples = len(task.train)"
-            )
+        class_targets = not targets.is_floating_point()
+        if indices.numel():
+            ranges = _read_ranges(*((targets,) if class_targets else ()), indices)
+            if ranges and class_targets:
+                _check_class_range(owner, logits.shape[1], *ranges[:2])
+            low, high = ranges[-2:] if ranges else (0, 0)
+            if low < 0 or high >= self.num_examples:
+                raise ConfigError(
+                    f"{owner}: indices must be dataset indices in [0, num_examples={self.num_examples}), got values "
+                    f"in [{low}, {high}]; build the loss with num_examples = len(task.train)"
+                )
         self._follow_dtype(logits)
         return indices.long()
 
-    def _write_rows(self, buffer: Tensor, idx: Tensor, rows: Tensor) -> None:
-        """``buffer[idx] = rows`` where a repeated index takes its last row, on every device.
+    def _write_rows(self, buffer: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
+        """``buffer[idx] = rows`` where a repeated index takes its last row, on every device; returns ``buffer[idx]``.
 
         Plain advanced-index assignment leaves the winner of repeated indices to
-        the backend (the last on CPU, the first on CUDA); writing each index once
-        makes the state the same everywhere.
+        the backend (the last on CPU, the first on CUDA); here every position
+        writes the row of its index's last occurrence, so repeated writes agree
+        and the state is the same everywhere (without a host sync).
         """
         order = torch.arange(len(idx), device=idx.device)
         last = torch.full((self.num_examples,), -1, dtype=torch.long, device=idx.device)
         last = last.scatter_reduce(0, idx, order, reduce="amax")
-        keep = last[idx] == order
-        buffer[idx[keep]] = rows[keep].to(buffer.dtype)
+        final = rows.index_select(0, last[idx]).to(buffer.dtype)
+        buffer.index_put_((idx,), final)
+        return final
 
     def _follow_dtype(self, logits: Tensor) -> None:
         """Keep floating buffers at the logits' precision when that is higher (float64 logits -> float64 state)."""

@@ -15,12 +15,7 @@ from reglab.core import ConfigError
 from reglab.core.validation import check_bool, check_float
 from reglab.losses.base import REGISTRY, Loss, check_logits, reduce
 from reglab.losses.classification import soft_cross_entropy
-
-
-def _as_probs(logits: Tensor, targets: Tensor) -> Tensor:
-    if targets.is_floating_point():
-        return targets.to(logits.dtype)
-    return F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+from reglab.losses.fused import row_loss, target_column_add
 
 
 @REGISTRY.register("tsla")
@@ -83,7 +78,9 @@ class TSLA(Loss):
         if self.training:
             with torch.no_grad():
                 self.step.add_(1)
-        q = _as_probs(logits, targets)
+        if not targets.is_floating_point():  # torch's fused kernel computes exactly this for class indices
+            return F.cross_entropy(logits, targets, label_smoothing=eps, reduction=self.reduction)
+        q = targets.to(logits.dtype)
         if eps:
             q = (1.0 - eps) * q + eps / logits.shape[1]
         return reduce(soft_cross_entropy(logits, q), self.reduction)
@@ -133,9 +130,26 @@ class MaxSup(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "max_suppression", min_classes=1)
-        ce = soft_cross_entropy(logits, _as_probs(logits, targets))
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        ce = soft_cross_entropy(logits, targets.to(logits.dtype))
+        return reduce(ce + self.alpha * (logits.amax(dim=1) - logits.mean(dim=1)), self.reduction)
+
+    # class-index targets: gradient softmax(z) - e_y + alpha (e_top - 1/K)
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
         penalty = logits.max(dim=1).values - logits.mean(dim=1)
-        return reduce(ce + self.alpha * penalty, self.reduction)
+        return F.cross_entropy(logits, targets, reduction="none") + self.alpha * penalty
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logp = F.log_softmax(logits, dim=1)
+        top_value, top = logits.max(dim=1)
+        penalty = top_value - logits.mean(dim=1)
+        return self.alpha * penalty - logp.gather(1, targets.unsqueeze(1)).squeeze(1), (logp, top)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        logp, top = saved
+        out = logp.exp().sub_(self.alpha / logits.shape[1]).mul_(grad.unsqueeze(1))
+        return target_column_add(target_column_add(out, targets, -grad), top, self.alpha * grad)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, {super().extra_repr()}"
@@ -162,7 +176,7 @@ class ACLS(Loss):
     From "ACLS: Adaptive and Conditional Label Smoothing for Network
     Calibration" (Park et al., 2023); formula and defaults (alpha = 0.1,
     lambda_pos = 1, lambda_neg = 0.1, m = 10) checked against the official
-    code (cvlab-yonsei/ACLS, calibrate/losses/acls.py) and catalog row #17.
+    code (cvlab-yonsei/ACLS, calibrate/losses/acls.py).
     Usual range: alpha 0.05 to 0.2, m 5 to 10 (scale it with the logit
     magnitude), lambda_neg 0.01 to 0.1.
 
@@ -201,19 +215,49 @@ class ACLS(Loss):
         self.detach_max = check_bool("detach_max", detach_max)
 
     def regularizer(self, logits: Tensor) -> Tensor:
-        """Per-example R(z) (before the weight alpha)."""
+        """Per-example R(z) (before the weight alpha).
+
+        The arg-max column needs no mask in the negative term: its gap is
+        relu(z_max - z_max - m) = relu(-m) = 0 for m >= 0, with zero gradient.
+        """
         k = logits.shape[1]
-        z_max, top = logits.max(dim=1, keepdim=True)
-        is_top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top, True)
+        z_max = logits.max(dim=1, keepdim=True).values
         pos = F.relu(z_max.squeeze(1) - self.margin).square()
         ref = z_max.detach() if self.detach_max else z_max
-        gaps = F.relu(ref - logits - self.margin).square().masked_fill(is_top, 0.0)
+        gaps = F.relu(ref - logits - self.margin).square()
         return self.lambda_pos * pos + self.lambda_neg * gaps.sum(dim=1) / (k - 1)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "acls")
-        ce = soft_cross_entropy(logits, _as_probs(logits, targets))
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        ce = soft_cross_entropy(logits, targets.to(logits.dtype))
         return reduce(ce + self.alpha * self.regularizer(logits), self.reduction)
+
+    # class-index targets: gradient softmax(z) - e_y + alpha (2 lambda_pos [z_max - m]_+ e_top
+    # - 2 lambda_neg / (K - 1) r (+ 2 lambda_neg / (K - 1) sum_j r_j e_top without detach_max)), r = [z_max - z - m]_+
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, reduction="none") + self.alpha * self.regularizer(logits)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        k = logits.shape[1]
+        logp = F.log_softmax(logits, dim=1)
+        z_max, top = logits.max(dim=1)
+        gaps = torch.sub(z_max.unsqueeze(1) - self.margin, logits).clamp_min_(0.0)  # r, zero at the arg-max
+        pos = F.relu(z_max - self.margin)
+        neg = torch.linalg.vector_norm(gaps, dim=1).square() / (k - 1)
+        reg = self.lambda_pos * pos.square() + self.lambda_neg * neg
+        values = self.alpha * reg - logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        return values, (logp, top, gaps, pos)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        logp, top, gaps, pos = saved
+        coef = 2.0 * self.alpha * self.lambda_neg / (logits.shape[1] - 1)
+        out = logp.exp().mul_(grad.unsqueeze(1)).addcmul_(gaps, (-coef * grad).unsqueeze(1))
+        at_top = 2.0 * self.alpha * self.lambda_pos * pos
+        if not self.detach_max:
+            at_top = at_top + coef * gaps.sum(dim=1)
+        return target_column_add(target_column_add(out, targets, -grad), top, at_top * grad)
 
     def extra_repr(self) -> str:
         return (

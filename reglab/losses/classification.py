@@ -21,6 +21,7 @@ from torch import Tensor
 from reglab.core import ConfigError
 from reglab.core.validation import check_bool, check_float
 from reglab.losses.base import REGISTRY, Loss, check_class_targets, check_logits, reduce
+from reglab.losses.fused import plain_autograd_needed, row_loss, target_column_add
 
 # -- shared helpers ------------------------------------------------------------
 
@@ -71,6 +72,22 @@ def target_log_probs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     others = logits.scatter(1, targets.unsqueeze(1), float("-inf"))
     high = torch.logsumexp(others, dim=1) - lse
     return logp_y, torch.where(logp_y <= half, low, high)
+
+
+def _one_minus_p(ce: Tensor, gamma: float) -> Tensor:
+    """1 - p_y from the cross-entropy -log p_y, as -expm1(-CE) (no cancellation in the subtraction).
+
+    Its error is that of the CE, about one ulp of 1 in absolute terms, so it is accurate to about
+    eps / (1 - p_y) relative. Where p_y rounds to 1 it is 0; for an exponent gamma < 1, whose power
+    has an infinite slope at 0, it is floored at the dtype's smallest normal number, so the
+    gradient stays finite (and is zero there, as the clamp's).
+    """
+    one_m = -torch.expm1(-ce)
+    return one_m.clamp_min(torch.finfo(ce.dtype).tiny) if gamma < 1.0 else one_m
+
+
+#: just above log(smallest normal number): exp of anything at or above stays a normal number
+_LOG_TINY = {dtype: math.log(torch.finfo(dtype).tiny) + 0.01 for dtype in (torch.float32, torch.float64)}
 
 
 def _softplus(x: Tensor) -> Tensor:
@@ -223,9 +240,12 @@ class FocalLoss(Loss):
 
     From "Focal Loss for Dense Object Detection" (Lin et al., 2017), in its
     multi-class softmax form with optional per-class weights alpha (the paper's
-    alpha_t). (1 - p_y)^gamma is computed as exp(gamma * log(1 - p_y)) with an
-    accurate log(1 - p_y), so values and gradients stay finite when p_y rounds
-    to 1, also for 0 < gamma < 1. With probability targets q the loss is
+    alpha_t). For class-index targets the loss is computed from torch's fused
+    cross-entropy CE = -log p_y alone, with 1 - p_y = -expm1(-CE) (about the
+    cost of one cross-entropy); values and gradients stay finite when p_y
+    rounds to 1, also for 0 < gamma < 1 (see :func:`_one_minus_p`). With
+    probability targets (1 - p_k)^gamma is exp(gamma * log(1 - p_k)) with an
+    accurate log(1 - p_k) (:func:`log1m_softmax`). With probability targets q the loss is
     sum_k q_k alpha_k (1 - p_k)^gamma (-log p_k). gamma = 0 without alpha is CE.
     Usual range: gamma in [0.5, 5], 2 the paper's default; alpha from inverse
     class frequencies or left out. "Calibrating Deep Neural Networks using Focal
@@ -258,8 +278,8 @@ class FocalLoss(Loss):
             raise ConfigError(f"alpha has {self.alpha.numel()} entries but the logits have {logits.shape[1]} classes")
         alpha = None if self.alpha is None else self.alpha.to(logits.dtype)
         if not targets.is_floating_point():
-            logp_y, log1m_p_y = target_log_probs(logits, targets)
-            values = -logp_y if self.gamma == 0.0 else -logp_y * torch.exp(self.gamma * log1m_p_y)
+            ce = F.cross_entropy(logits, targets, reduction="none")  # -log p_y, torch's fused kernel
+            values = ce if self.gamma == 0.0 else ce * _one_minus_p(ce, self.gamma).pow(self.gamma)
             return reduce(values if alpha is None else values * alpha[targets], self.reduction)
         per_class = -F.log_softmax(logits, dim=1)
         if self.gamma != 0.0:
@@ -284,7 +304,10 @@ class EncouragingLoss(Loss):
     form (``log_end`` = p_LE < 1) continues log(1 - p) by its tangent line at
     p_LE, so the bonus stays bounded (>= log(1 - p_LE) - 1); ``log_end = 1``
     is the plain bonus, which the reference code floors at log(1e-5) (1 - p is
-    clamped at 1e-5), as done here. The loss can be negative. With probability
+    clamped at 1e-5), as done here. For class-index targets everything comes
+    from torch's fused cross-entropy CE = -log p_y, with 1 - p_y = -expm1(-CE)
+    (accurate to about eps / (1 - p_y) relative, so to 0.6% at the 1e-5 floor
+    in float32). The loss can be negative. With probability
     targets q the bonus is applied per class: sum_k q_k (-log p_k + b(p_k)), as
     in the authors' label-smoothed variant.
 
@@ -316,18 +339,22 @@ class EncouragingLoss(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "encouraging")
-        if targets.is_floating_point():
-            logp, log1m_p = F.log_softmax(logits, dim=1), log1m_softmax(logits)
-        else:
-            logp, log1m_p = target_log_probs(logits, targets)
+        if not targets.is_floating_point():  # everything from -log p_y, torch's fused kernel
+            ce = F.cross_entropy(logits, targets, reduction="none")
+            bonus = torch.log((-torch.expm1(-ce)).clamp_min(1e-5))  # log max(1 - p_y, 1e-5), as the reference
+            if self.log_end < 1.0:
+                le = self.log_end
+                p = torch.exp(-ce)
+                bonus = torch.where(p > le, (p - le) / (le - 1.0) + math.log1p(-le), bonus)
+            return reduce(ce + bonus, self.reduction)
+        logp, log1m_p = F.log_softmax(logits, dim=1), log1m_softmax(logits)
         bonus = log1m_p.clamp_min(self.bonus_floor)
         if self.log_end < 1.0:
             le = self.log_end
             p = logp.exp()
             line = (p - le) / (le - 1.0) + math.log1p(-le)
             bonus = torch.where(p > le, line, bonus)
-        values = bonus - logp
-        return reduce(values if not targets.is_floating_point() else _expect(values, targets), self.reduction)
+        return reduce(_expect(bonus - logp, targets), self.reduction)
 
     def extra_repr(self) -> str:
         return f"log_end={self.log_end:g}, {super().extra_repr()}"
@@ -365,12 +392,28 @@ class Squentropy(Loss):
         check_logits(logits, targets, "squentropy")
         k = logits.shape[1]
         if not targets.is_floating_point():
-            # mask the target column rather than subtract z_y^2, which cancels when z_y dominates
-            square = logits.square().scatter(1, targets.unsqueeze(1), 0.0).sum(dim=1) / (k - 1)
-            return reduce(F.cross_entropy(logits, targets, reduction="none") + square, self.reduction)
-        q = targets.to(logits.dtype) if targets.is_floating_point() else F.one_hot(targets, k).to(logits.dtype)
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        q = targets.to(logits.dtype)
         square = (logits.square() * (1.0 - q)).sum(dim=1) / (k - 1)
         return reduce(soft_cross_entropy(logits, q) + square, self.reduction)
+
+    # class-index targets: CE + |z with the target column zeroed|^2 / (K - 1) (masked rather than minus z_y^2, which
+    # cancels when z_y dominates); gradient softmax(z) - e_y + 2 z_masked / (K - 1)
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        square = logits.square().scatter(1, targets.unsqueeze(1), 0.0).sum(dim=1) / (logits.shape[1] - 1)
+        return F.cross_entropy(logits, targets, reduction="none") + square
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logp = F.log_softmax(logits, dim=1)
+        masked = logits.scatter(1, targets.unsqueeze(1), 0.0)
+        square = torch.linalg.vector_norm(masked, dim=1).square() / (logits.shape[1] - 1)
+        return square - logp.gather(1, targets.unsqueeze(1)).squeeze(1), (logp,)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        (logp,) = saved
+        col = targets.unsqueeze(1)
+        out = logp.exp().add_(logits, alpha=2.0 / (logits.shape[1] - 1)).mul_(grad.unsqueeze(1))
+        return out.scatter_(1, col, (grad.unsqueeze(1) * torch.expm1(logp.gather(1, col))))  # g (p_y - 1)
 
 
 @REGISTRY.register("comp_sum")
@@ -393,9 +436,9 @@ class CompSumLoss(Loss):
     q the loss is sum_k q_k loss(z, k).
 
     From "Cross-Entropy Loss Functions: Theoretical Analysis and Applications"
-    (Mao, Mohri & Zhong, 2023). Phi_tau as given in the catalog (row #3), which
-    matches the members the paper names (CE/logistic, generalized CE, MAE,
-    sum-exponential); the smooth adversarial variant is not implemented here.
+    (Mao, Mohri & Zhong, 2023). This Phi_tau gives the members the paper names
+    (CE/logistic, generalized CE, MAE, sum-exponential); the smooth adversarial
+    variant is not implemented here.
     Usual range: tau in [0, 2]; the paper sweeps {0, 0.5, 1, 1.5, 2}.
 
     Example:
@@ -423,13 +466,12 @@ class CompSumLoss(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "comp_sum")
+        if not targets.is_floating_point():
+            return reduce(self._phi_of_ce(F.cross_entropy(logits, targets, reduction="none")), self.reduction)
         nll = -F.log_softmax(logits, dim=1)
-        if targets.is_floating_point():
-            q = targets.to(logits.dtype)
-            # zero the classes with q_k = 0 before Phi, so that an overflow there cannot give 0 * inf
-            values = (q * self._phi_of_ce(torch.where(q > 0, nll, torch.zeros_like(nll)))).sum(dim=1)
-        else:
-            values = self._phi_of_ce(nll.gather(1, targets.unsqueeze(1)).squeeze(1))
+        q = targets.to(logits.dtype)
+        # zero the classes with q_k = 0 before Phi, so that an overflow there cannot give 0 * inf
+        values = (q * self._phi_of_ce(torch.where(q > 0, nll, torch.zeros_like(nll)))).sum(dim=1)
         return reduce(values, self.reduction)
 
     def extra_repr(self) -> str:
@@ -483,14 +525,38 @@ class SphericalZLoss(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "z_loss", min_classes=3)
-        centered = logits - logits.mean(dim=1, keepdim=True)
-        var = centered.square().mean(dim=1, keepdim=True)
-        z = centered / var.clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
         if not targets.is_floating_point():  # only the target column enters the loss
-            z = z.gather(1, targets.unsqueeze(1)).squeeze(1)
-            return reduce(_softplus(self.a * (self.b - z)) / self.a, self.reduction)
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        centered, _, sigma = self._moments(logits)
+        z = centered / sigma.unsqueeze(1)
         per_class = _softplus(self.a * (self.b - z)) / self.a
         return reduce(_expect(per_class, targets), self.reduction)
+
+    # class-index targets: only z_y = (o_y - mu) / sigma enters; d z_y / d o_k = (delta_ky - 1/K) / sigma
+    # - z_y (o_k - mu) / (K sigma^2) (the last term only where sigma is above its floor)
+    def _moments(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(o - mu, sigma, sigma floored at sqrt(tiny)); sigma = ||o - mu|| / sqrt(K), one fused reduction."""
+        centered = logits - logits.mean(dim=1, keepdim=True)
+        sigma = torch.linalg.vector_norm(centered, dim=1) / math.sqrt(logits.shape[1])
+        return centered, sigma, sigma.clamp_min(math.sqrt(torch.finfo(logits.dtype).tiny))
+
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        centered, _, sigma = self._moments(logits)
+        z = centered.gather(1, targets.unsqueeze(1)).squeeze(1) / sigma
+        return _softplus(self.a * (self.b - z)) / self.a
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        centered, raw_sigma, sigma = self._moments(logits)
+        z = centered.gather(1, targets.unsqueeze(1)).squeeze(1) / sigma
+        return _softplus(self.a * (self.b - z)) / self.a, (centered, sigma, z, raw_sigma == sigma)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        centered, sigma, z, free = saved
+        k = logits.shape[1]
+        h = -grad * torch.sigmoid(self.a * (self.b - z))  # upstream gradient times d loss / d z_y
+        scale = torch.where(free, -h * z / (k * sigma.square()), torch.zeros_like(h))
+        out = (centered * scale.unsqueeze(1)).sub_((h / (k * sigma)).unsqueeze(1))
+        return target_column_add(out, targets, h / sigma)
 
     def extra_repr(self) -> str:
         return f"a={self.a:g}, b={self.b:g}, {super().extra_repr()}"
@@ -558,8 +624,33 @@ class StableMaxCrossEntropy(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "stablemax_ce", min_classes=1)
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets), self.reduction)
         logp = log_stablemax(logits.to(torch.float64), dim=1)
         return reduce(_expect(-logp, targets), self.reduction).to(logits.dtype)
+
+    # class-index targets: log sum_j s(z_j) - log s(z_y) in float64, with s(x) = r(x) + max(x, 0) and
+    # r(x) = 1 / (1 - min(x, 0)) (r = 1 for x >= 0): no logs or where over the K columns. s'(x) = r(x)^2, so the
+    # gradient is r^2 / sum_j s_j - e_y r_y^2 / s_y, formed in the logits' dtype.
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logp = log_stablemax(logits.to(torch.float64), dim=1)
+        return -logp.gather(1, targets.unsqueeze(1)).squeeze(1).to(logits.dtype)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        x = logits.to(torch.float64)
+        r = x.clamp_max(0.0).neg_().add_(1.0).reciprocal_()
+        positive = x.clamp_min(0.0)
+        total = r.sum(dim=1) + positive.sum(dim=1)
+        col = targets.unsqueeze(1)
+        s_y = (r.gather(1, col) + positive.gather(1, col)).squeeze(1)
+        r_low = r.to(logits.dtype)
+        return (total.log() - s_y.log()).to(logits.dtype), (r_low, total, s_y)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        r, total, s_y = saved
+        out = r.square().mul_((grad / total).unsqueeze(1).to(r.dtype))
+        r_y = r.gather(1, targets.unsqueeze(1)).squeeze(1).to(torch.float64)
+        return target_column_add(out, targets, -grad * r_y.square() / s_y)
 
 
 def _sparsemax_threshold(z: Tensor) -> Tensor:
@@ -572,18 +663,61 @@ def _sparsemax_threshold(z: Tensor) -> Tensor:
     return (cums.gather(-1, size - 1) - 1.0) / size.to(z.dtype)
 
 
+@torch.no_grad()
+def _sparsemax_support(z: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The support indicator (float 0/1) and tau over the last dim of 2-D ``z``, without sorting.
+
+    Michelot's algorithm: with w = z - max z, tau lies in [-1, 0), and
+    tau <- (sum_{w_j > tau} w_j - 1) / #{j : w_j > tau}, started below tau
+    (at max(-1, (sum_j w_j - 1) / K)), increases to tau exactly in finitely
+    many steps (Newton's method on the convex, piecewise linear
+    f(tau) = sum_j [w_j - tau]_+ - 1, approached from the left); it stops
+    when no row's support changes. Each step is a few elementwise passes;
+    random logits need 2 to 9 steps, against a sort of every row (on a GPU
+    each step's check is a host sync). Returns
+    None if rounding keeps a row from settling within K + 1 steps (then the
+    sort-based threshold is used).
+    """
+    w = z - z.amax(dim=1, keepdim=True)
+    tau = ((w.sum(dim=1, keepdim=True) - 1.0) / w.shape[1]).clamp_min(-1.0)
+    count = None
+    for _ in range(w.shape[1] + 1):
+        r = torch.sub(w, tau).clamp_min_(0.0)  # in [0, 1]: ceil is the support indicator
+        excess = r.sum(dim=1, keepdim=True)
+        new_count = r.ceil_().sum(dim=1, keepdim=True)
+        tau = tau + (excess - 1.0) / new_count  # = (sum over the support of w - 1) / |support|
+        if count is not None and torch.equal(new_count, count):
+            return r, tau + z.amax(dim=1, keepdim=True)
+        count = new_count
+    return None
+
+
+def _sparsemax_threshold_fast(z: Tensor) -> Tensor:
+    """tau(z) over the last dim, differentiable with the support held fixed (no sort outside torch.func)."""
+    if z.ndim != 2 or plain_autograd_needed(z):
+        return _sparsemax_threshold(z)
+    found = _sparsemax_support(z)
+    if found is None:
+        return _sparsemax_threshold(z)
+    support, _ = found
+    return (torch.linalg.vecdot(support, z).unsqueeze(1) - 1.0) / support.sum(dim=1, keepdim=True)
+
+
 def sparsemax(logits: Tensor, dim: int = -1) -> Tensor:
     """Sparsemax: the Euclidean projection of z onto the probability simplex, max(z - tau(z), 0).
 
-    Sort-based, O(K log K); the output sums to 1, is non-negative and has exact
-    zeros for the classes whose logit is below tau. Its Jacobian is
+    The threshold tau comes from Michelot's iteration (a few elementwise passes,
+    see :func:`_sparsemax_support`), or from the sort-based rule, O(K log K),
+    under ``torch.func`` transforms; the output sums to 1, is non-negative and
+    has exact zeros for the classes whose logit is below tau. Its Jacobian is
     diag(s) - s s^T / |S| (s the support indicator), which autograd reproduces
     here because tau is differentiated with the support held fixed. From
     "From Softmax to Sparsemax: A Sparse Model of Attention and Multi-Label
     Classification" (Martins & Astudillo, 2016).
     """
     z = logits.movedim(dim, -1)
-    return (z - _sparsemax_threshold(z)).clamp_min(0).movedim(-1, dim)
+    flat = z.reshape(-1, z.shape[-1])
+    return (flat - _sparsemax_threshold_fast(flat)).clamp_min(0).reshape(z.shape).movedim(-1, dim)
 
 
 @REGISTRY.register("sparsemax")
@@ -600,8 +734,7 @@ class SparsemaxLoss(Loss):
     without the cancellation of z_j^2 - tau^2. The loss is >= 0.
 
     From "From Softmax to Sparsemax: A Sparse Model of Attention and
-    Multi-Label Classification" (Martins & Astudillo, 2016); loss and gradient
-    as in the paper (catalog row #12). No hyperparameters.
+    Multi-Label Classification" (Martins & Astudillo, 2016). No hyperparameters.
 
     Example:
         >>> loss = SparsemaxLoss()(torch.randn(8, 10), torch.randint(0, 10, (8,)))
@@ -618,15 +751,41 @@ class SparsemaxLoss(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "sparsemax", min_classes=1)
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        return reduce(self._values(logits, targets), self.reduction)
+
+    def _values(self, logits: Tensor, targets: Tensor) -> Tensor:
         tau = _sparsemax_threshold(logits)
         p = (logits - tau).clamp_min(0)
         half_sq = 0.5 * (p * (logits + tau)).sum(dim=1)
         if targets.is_floating_point():
             q = targets.to(logits.dtype)
-            values = -(q * logits).sum(dim=1) + half_sq + 0.5 * q.square().sum(dim=1)
+            return -(q * logits).sum(dim=1) + half_sq + 0.5 * q.square().sum(dim=1)
+        return -logits.gather(1, targets.unsqueeze(1)).squeeze(1) + half_sq + 0.5
+
+    # class-index targets: tau by Michelot's iteration instead of a sort, gradient sparsemax(z) - e_y in one pass;
+    # with w = z - max z (the loss is shift invariant) and p = [w - tau]_+,
+    # sum_S (w_j^2 - tau^2) = ||p||^2 + 2 tau sum p
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self._values(logits, targets)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        found = _sparsemax_support(logits)
+        if found is None:
+            tau = _sparsemax_threshold(logits)
         else:
-            values = -logits.gather(1, targets.unsqueeze(1)).squeeze(1) + half_sq + 0.5
-        return reduce(values, self.reduction)
+            tau = found[1]
+        top = logits.amax(dim=1, keepdim=True)
+        w_tau = tau - top
+        p = torch.sub(logits, tau).clamp_min_(0.0)
+        half_sq = 0.5 * (torch.linalg.vector_norm(p, dim=1).square() + 2.0 * w_tau.squeeze(1) * p.sum(dim=1))
+        w_y = (logits.gather(1, targets.unsqueeze(1)) - top).squeeze(1)
+        return half_sq - w_y + 0.5, (p,)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        (p,) = saved
+        return target_column_add(p.mul(grad.unsqueeze(1)), targets, -grad)
 
 
 @REGISTRY.register("circle")
@@ -645,7 +804,13 @@ class CircleLoss(Loss):
     outside that range silently lose their gradient. The weights alpha are
     treated as constants in back-propagation (``detach_weights=True``, as in
     the reference implementations); ``detach_weights=False`` differentiates
-    through them. Int class targets only.
+    through them. Int class targets only. With the detached weights the
+    logits gamma alpha_k (s_k - delta_k) are formed in two elementwise passes
+    and the backward is written in closed form (:mod:`reglab.losses.fused`);
+    there, softmax probabilities below the dtype's smallest normal number
+    (which gamma of hundreds produces) are taken as about that number, since
+    exp is far slower on subnormal results: a gradient error below 1e-38 in
+    float32.
 
     From "Circle Loss: A Unified Perspective of Pair Similarity Optimization"
     (Sun et al., 2020); class-level form, O_p = 1 + m, O_n = -m,
@@ -681,14 +846,53 @@ class CircleLoss(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "circle", soft=False)
+        if self.detach_weights:
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        return reduce(self._reference(logits, targets), self.reduction)
+
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
         s = logits.clamp(-1.0, 1.0)
         m = self.margin
         positive = torch.zeros_like(s, dtype=torch.bool).scatter_(1, targets.unsqueeze(1), True)
         ref = s.detach() if self.detach_weights else s
         alpha = torch.where(positive, 1.0 + m - ref, ref + m).clamp_min(0)
         delta = torch.where(positive, torch.full_like(s, 1.0 - m), torch.full_like(s, m))
-        values = F.cross_entropy(self.gamma * alpha * (s - delta), targets, reduction="none")
-        return reduce(values, self.reduction)
+        return F.cross_entropy(self.gamma * alpha * (s - delta), targets, reduction="none")
+
+    # detached weights, fused: for a negative class gamma alpha_j (s_j - m) = gamma ([s_j + m]_+ (s_j - m))
+    # = gamma (u_j^2 - m^2) with u = clamp(z, -m, 1), and the row constant -gamma m^2 drops out of the softmax; the
+    # gradient is gamma alpha_k (p_k - delta_ky) where -1 < z_k < 1 (torch's clamp passes no gradient at its
+    # bounds), with alpha_j = u_j + m (zero below -m) for the negatives and alpha_y = [1 + m - s_y]_+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        g, m = self.gamma, self.margin
+        col = targets.unsqueeze(1)
+        u = logits.clamp(-m, 1.0)
+        s_y = logits.gather(1, col).clamp(-1.0, 1.0)
+        alpha_y = (1.0 + m - s_y).clamp_min(0.0)
+        target = g * alpha_y * (s_y - (1.0 - m)) + g * m * m
+        shifted = u.square_().mul_(g).scatter_(1, col, target)  # in place: one (n, K) buffer
+        if logits.dtype in _LOG_TINY:
+            # raise the logits more than -log(tiny) below the row's max to that level: their exp(z - max) < tiny
+            # vanishes beside the max's 1 in the softmax sum either way (so the values are the same), and exp is
+            # ~10x slower on subnormal results; the target column keeps its value
+            floor = shifted.amax(dim=1, keepdim=True) + _LOG_TINY[logits.dtype]
+            shifted.clamp_min_(floor).scatter_(1, col, target)
+        logp = F.log_softmax(shifted, dim=1)
+        return -logp.gather(1, col).squeeze(1), (logp, alpha_y)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        logp, alpha_y = saved
+        m, col = self.margin, targets.unsqueeze(1)
+        # gamma makes the logits span hundreds, and exp is ~10x slower where its result is subnormal: the
+        # probabilities below the smallest normal number (~1e-38 in float32) are computed as about that number
+        out = logp.clamp_min(_LOG_TINY[logp.dtype]).exp_() if logp.dtype in _LOG_TINY else logp.exp()
+        p_y = out.gather(1, col)
+        # alpha_j times the clamp's gradient, [z_j + m]_+ [z_j < 1], in place on one buffer: threshold(-z, -1, m)
+        # is -z where z < 1 and m elsewhere
+        weight = torch.threshold_(logits.neg(), -1.0, m).neg_().add_(m).clamp_min_(0.0)
+        out.mul_(weight).mul_((self.gamma * grad).unsqueeze(1))
+        inside = (logits.gather(1, col).abs() < 1.0).to(out.dtype)
+        return out.scatter_(1, col, self.gamma * grad.unsqueeze(1) * alpha_y * inside * (p_y - 1.0))
 
     def extra_repr(self) -> str:
         return (

@@ -19,6 +19,7 @@ from reglab.core import ConfigError, MissingContextError, ShapeError
 from reglab.core.validation import check_float, check_int
 from reglab.losses.base import REGISTRY, PerExampleState, reduce, target_probs
 from reglab.losses.classification import soft_cross_entropy
+from reglab.losses.fused import row_loss, target_column_add
 
 
 @REGISTRY.register("ps_kd")
@@ -233,9 +234,28 @@ class TeacherGuidedDistillation(PerExampleState):
                 f"xi_distill: no teacher probabilities for {int(missing.sum())} examples of the batch (indices "
                 f"{shown}...); call set_teacher(probs) or set_teacher_model(teacher, task_inputs) before training"
             )
-        q = target_probs(logits, targets)
-        mixed = self.xi * self.teacher_probs[idx].to(q.dtype) + (1.0 - self.xi) * q
+        teacher = self.teacher_probs.index_select(0, idx).to(logits.dtype)
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets, teacher), self.reduction)
+        mixed = self.xi * teacher + (1.0 - self.xi) * targets.to(logits.dtype)
         return reduce(soft_cross_entropy(logits, mixed), self.reduction)
+
+    # class-index targets: -xi <t, log p> - (1 - xi) log p_y; gradient p (xi sum_k t_k + 1 - xi) - xi t - (1 - xi) e_y
+    def _values(self, logp: Tensor, targets: Tensor, teacher: Tensor) -> Tensor:
+        return -self.xi * torch.linalg.vecdot(teacher, logp) - (1.0 - self.xi) * logp.gather(1, targets[:, None])[:, 0]
+
+    def _reference(self, logits: Tensor, targets: Tensor, teacher: Tensor) -> Tensor:
+        return self._values(F.log_softmax(logits, dim=1), targets, teacher)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor, teacher: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logp = F.log_softmax(logits, dim=1)
+        return self._values(logp, targets, teacher), (logp,)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        (teacher,), (logp,) = extra, saved
+        scale = grad * (self.xi * teacher.sum(1) + 1.0 - self.xi)
+        out = logp.exp().mul_(scale.unsqueeze(1)).addcmul_(teacher, (-self.xi * grad).unsqueeze(1))
+        return target_column_add(out, targets, (self.xi - 1.0) * grad)
 
     def extra_repr(self) -> str:
         return f"xi={self.xi:g}, {super().extra_repr()}"

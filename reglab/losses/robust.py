@@ -22,6 +22,7 @@ from reglab.core import ConfigError, ShapeError
 from reglab.core.validation import check_bool, check_float
 from reglab.losses.base import REGISTRY, Loss, PerExampleState, check_logits, reduce, target_probs
 from reglab.losses.classification import soft_cross_entropy
+from reglab.losses.fused import plain_autograd_needed, row_loss, target_column_add
 
 
 def _hard_only(targets: Tensor, owner: str) -> None:
@@ -44,10 +45,9 @@ def _rce(logits: Tensor, q: Tensor, log_zero: float) -> Tensor:
 
 
 def _mae(logits: Tensor, targets: Tensor) -> Tensor:
-    p = F.softmax(logits, dim=1)
     if targets.is_floating_point():
-        return (p - targets.to(p.dtype)).abs().sum(1)
-    return 2.0 * (1.0 - p.gather(1, targets[:, None]).squeeze(1))
+        return (F.softmax(logits, dim=1) - targets.to(logits.dtype)).abs().sum(1)
+    return _passive_of_ce(_ce(logits, targets), "mae", -1.0)  # 2 (1 - p_y)
 
 
 def _nfl(logits: Tensor, q: Tensor, gamma: float) -> Tensor:
@@ -56,6 +56,56 @@ def _nfl(logits: Tensor, q: Tensor, gamma: float) -> Tensor:
     one_minus_p = (-torch.expm1(logp)).clamp_min(torch.finfo(logp.dtype).tiny)
     focal = -one_minus_p.pow(gamma) * logp
     return (q * focal).sum(1) / focal.sum(1)
+
+
+def _ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """-log p_y per example from torch's fused cross-entropy kernel (class-index targets)."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _passive_of_ce(ce: Tensor, passive: str, log_zero: float) -> Tensor:
+    """RCE = -A (1 - p_y) or MAE = 2 (1 - p_y) from CE = -log p_y, with 1 - p_y = -expm1(-CE)."""
+    one_minus_p = -torch.expm1(-ce)
+    return -log_zero * one_minus_p if passive == "rce" else 2.0 * one_minus_p
+
+
+class _NCEFused:
+    """alpha * NCE + beta * passive(p_y) for class-index targets, with the closed-form gradient.
+
+    With u = log p_y and S = sum_k log p_k, NCE = u / S and
+    d NCE / d z_j = p_j (K u / S^2 - 1 / S) + delta_jy / S - u / S^2; a term
+    f(u) adds f'(u) (delta_jy - p_j).
+    """
+
+    def __init__(self, alpha: float, beta: float, passive: str | None, log_zero: float):
+        self.alpha, self.beta, self.passive, self.log_zero = alpha, beta, passive, log_zero
+
+    def _passive(self, ce: Tensor) -> Tensor:
+        return torch.zeros_like(ce) if self.passive is None else _passive_of_ce(ce, self.passive, self.log_zero)
+
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logp = F.log_softmax(logits, dim=1)
+        u = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        return self.alpha * u / logp.sum(1) + self.beta * self._passive(-u)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logp = F.log_softmax(logits, dim=1)
+        u = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        total = logp.sum(1)
+        return self.alpha * u / total + self.beta * self._passive(-u), (logp, u, total)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        logp, u, total = saved
+        k = logits.shape[1]
+        a = self.alpha * grad
+        # f'(u) of the passive term: RCE = -A (1 - e^u) -> A e^u; MAE = 2 (1 - e^u) -> -2 e^u
+        slope = torch.zeros_like(u)
+        if self.passive is not None:
+            slope = (self.log_zero if self.passive == "rce" else -2.0) * u.exp()
+        f = self.beta * grad * slope
+        per_p = a * (k * u / total.square() - 1.0 / total) - f
+        out = logp.exp().mul_(per_p.unsqueeze(1)).sub_((a * u / total.square()).unsqueeze(1))
+        return target_column_add(out, targets, a / total + f)
 
 
 @REGISTRY.register("nce")
@@ -91,7 +141,9 @@ class NormalizedCrossEntropy(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "nce")
-        return reduce(_nce(logits, target_probs(logits, targets)), self.reduction)
+        if not targets.is_floating_point():
+            return reduce(row_loss(_NCEFused(1.0, 0.0, None, -1.0), logits, targets), self.reduction)
+        return reduce(_nce(logits, targets.to(logits.dtype)), self.reduction)
 
 
 @REGISTRY.register("rce")
@@ -129,7 +181,9 @@ class ReverseCrossEntropy(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "rce")
-        return reduce(_rce(logits, target_probs(logits, targets), self.log_zero), self.reduction)
+        if not targets.is_floating_point():  # -A (1 - p_y)
+            return reduce(_passive_of_ce(_ce(logits, targets), "rce", self.log_zero), self.reduction)
+        return reduce(_rce(logits, targets.to(logits.dtype), self.log_zero), self.reduction)
 
     def extra_repr(self) -> str:
         return f"log_zero={self.log_zero:g}, {super().extra_repr()}"
@@ -202,6 +256,8 @@ class GeneralizedCrossEntropy(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "gce")
+        if not targets.is_floating_point():  # -expm1(q log p_y) / q from the fused cross-entropy
+            return reduce(-torch.expm1(-self.q * _ce(logits, targets)) / self.q, self.reduction)
         logp = F.log_softmax(logits, dim=1)
         per_class = -torch.expm1(self.q * logp) / self.q
         return reduce((target_probs(logits, targets) * per_class).sum(1), self.reduction)
@@ -248,6 +304,9 @@ class SymmetricCrossEntropy(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "sce")
+        if not targets.is_floating_point():  # alpha CE - beta A (1 - p_y), both from the fused cross-entropy
+            ce = _ce(logits, targets)
+            return reduce(self.alpha * ce + self.beta * _passive_of_ce(ce, "rce", self.log_zero), self.reduction)
         q = target_probs(logits, targets)
         values = self.alpha * soft_cross_entropy(logits, q) + self.beta * _rce(logits, q, self.log_zero)
         return reduce(values, self.reduction)
@@ -325,6 +384,10 @@ class ActivePassiveLoss(Loss):
     def parts(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Unweighted per-example (active, passive) values."""
         check_logits(logits, targets, "apl")
+        if not targets.is_floating_point() and self.active != "nfl":
+            ce = _ce(logits, targets)
+            active = ce if self.active == "ce" else row_loss(_NCEFused(1.0, 0.0, None, -1.0), logits, targets)
+            return active, _passive_of_ce(ce, self.passive, self.log_zero)
         q = target_probs(logits, targets)
         if self.active == "nce":
             active = _nce(logits, q)
@@ -336,6 +399,14 @@ class ActivePassiveLoss(Loss):
         return active, passive
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if not targets.is_floating_point() and self.active == "nce":  # one fused pass for both parts
+            check_logits(logits, targets, "apl")
+            fused = _NCEFused(self.alpha, self.beta, self.passive, self.log_zero)
+            return reduce(row_loss(fused, logits, targets), self.reduction)
+        if not targets.is_floating_point() and self.active == "ce":
+            check_logits(logits, targets, "apl")
+            ce = _ce(logits, targets)
+            return reduce(self.alpha * ce + self.beta * _passive_of_ce(ce, self.passive, self.log_zero), self.reduction)
         active, passive = self.parts(logits, targets)
         return reduce(self.alpha * active + self.beta * passive, self.reduction)
 
@@ -394,6 +465,11 @@ class Bootstrapping(Loss):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets, "bootstrap")
+        if not targets.is_floating_point():
+            return reduce(row_loss(self, logits, targets), self.reduction)
+        return reduce(self._values(logits, targets), self.reduction)
+
+    def _values(self, logits: Tensor, targets: Tensor) -> Tensor:
         logp = F.log_softmax(logits, dim=1)
         if self.mode == "soft":
             own = logp.exp()
@@ -402,7 +478,39 @@ class Bootstrapping(Loss):
         else:
             own = F.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype)
         mixed = self.beta * target_probs(logits, targets) + (1.0 - self.beta) * own
-        return reduce(-(mixed * logp).sum(1), self.reduction)
+        return -(mixed * logp).sum(1)
+
+    # class-index targets: -beta log p_y - (1 - beta) sum_k own_k log p_k. Gradient: soft mode
+    # beta (p - e_y) - (1 - beta) p (log p + H), H = -sum_k p_k log p_k (the entropy's gradient), or beta (p - e_y)
+    # with detach_prediction (sum_k c_k log p_k has gradient sum_k c_k (e_k - p) = 0 for c = p held fixed);
+    # hard mode p - beta e_y - (1 - beta) e_top.
+    def _reference(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self._values(logits, targets)
+
+    def _fused_forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logp = F.log_softmax(logits, dim=1)
+        logp_y = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        if self.mode == "hard":
+            top = logits.argmax(1)
+            logp_top = logp.gather(1, top.unsqueeze(1)).squeeze(1)
+            return -self.beta * logp_y - (1.0 - self.beta) * logp_top, (logp, top)
+        p = logp.exp()
+        entropy = -torch.linalg.vecdot(p, logp)
+        return (1.0 - self.beta) * entropy - self.beta * logp_y, (logp, p, entropy)
+
+    def _fused_backward(self, grad, logits, targets, extra, saved) -> Tensor:
+        if self.mode == "hard":
+            logp, top = saved
+            out = logp.exp().mul_(grad.unsqueeze(1))
+            return target_column_add(target_column_add(out, targets, -self.beta * grad), top, (self.beta - 1.0) * grad)
+        logp, p, entropy = saved
+        g = grad.unsqueeze(1)
+        if self.detach_prediction:
+            out = p.mul(self.beta * g)
+        else:  # p * g * (beta - (1 - beta) (log p + H))
+            row = g * (self.beta - (1.0 - self.beta) * entropy.unsqueeze(1))
+            out = torch.addcmul(row, logp, g, value=self.beta - 1.0).mul_(p)
+        return target_column_add(out, targets, -self.beta * grad)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, mode={self.mode!r}, {super().extra_repr()}"
@@ -429,9 +537,8 @@ class LDRKL(Loss):
     References: Zhu, Ying & Yang, "Label Distributionally Robust Losses for
     Multi-class Classification: Consistency, Robustness and Adaptivity" (ICML
     2023). Checked against the authors' code release (Optimization-AI/ICML2023_LDR:
-    ``loss.py`` ``LDRLoss_V1`` and ``experiment.py``, read from a stored copy
-    whose repository name the index did not show; it matches that repository's
-    README commands). Their experiments use c = 0.1 and lambda = 10 (grid
+    ``loss.py`` ``LDRLoss_V1`` and ``experiment.py``). Their experiments use
+    c = 0.1 and lambda = 10 (grid
     {0.1, 1, 10}). Their code first maps the logits to softplus(z) /
     mean_k softplus(z_k); ``normalize_logits=True`` does the same (with the
     mean floored at the dtype's tiny so all-very-negative logits stay finite).
@@ -461,14 +568,56 @@ class LDRKL(Loss):
         if self.normalize_logits:
             z = F.softplus(z)
             z = z / z.mean(1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-        k = z.shape[1]
-        wrong = 1.0 - F.one_hot(targets, k).to(z.dtype)
-        violation = self.margin * wrong + z - z.gather(1, targets[:, None])
-        values = self.lam * (torch.logsumexp(violation / self.lam, dim=1) - math.log(k))
+        # lam * logsumexp((c [k != y] + z_k - z_y) / lam) = lam * CE(v, y) with v_k = (z_k + c [k != y]) / lam, since
+        # logsumexp(v) - v_y = CE(v, y) and lam * v_y = z_y: one fused cross-entropy on v (the added constants have no
+        # gradient, so v costs one elementwise op)
+        v = z + self.margin if self.lam == 1.0 else (z + self.margin).mul_(1.0 / self.lam)
+        v = v.scatter_add_(1, targets[:, None], torch.full_like(v[:, :1], -self.margin / self.lam))
+        values = self.lam * (F.cross_entropy(v, targets, reduction="none") - math.log(z.shape[1]))
         return reduce(values, self.reduction)
 
     def extra_repr(self) -> str:
         return f"lam={self.lam:g}, margin={self.margin:g}, {super().extra_repr()}"
+
+
+# --- early-learning regularization (Liu et al. 2020) ------------------------------------------------
+
+
+class _ELRFused(torch.autograd.Function):
+    """ELR for class-index targets: the value and the state update in one forward, the closed-form backward.
+
+    With p~ = softmax(z), m_k = [1e-4 < p~_k < 1 - 1e-4] (the clamp's gradient), v = t * m * p~ and
+    c = -lambda / (1 - <t, p>): d loss / d z_j = p~_j (1 - c sum_k v_k) + c v_j - delta_jy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, loss: ELR, idx: Tensor) -> Tensor:  # type: ignore[override]
+        logp = F.log_softmax(logits, dim=1)
+        logp_y = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        soft = logp.exp_()  # log p is not needed any more: one (n, K) buffer fewer
+        p = soft.clamp(ELR_CLAMP, 1.0 - ELR_CLAMP)
+        t = loss._update(p, idx) if loss.training else loss.running_targets.index_select(0, idx).to(logits.dtype)
+        dot = torch.linalg.vecdot(t, p)
+        ctx.loss = loss
+        ctx.save_for_backward(logits, targets, t, soft, dot)
+        return loss.lam * torch.log1p(-dot) - logp_y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        logits, targets, t, soft, dot = ctx.saved_tensors
+        loss = ctx.loss
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain formula with t held fixed
+            with torch.enable_grad():
+                p = F.hardtanh(F.softmax(logits, dim=1), ELR_CLAMP, 1.0 - ELR_CLAMP)
+                values = _ce(logits, targets) + loss.lam * torch.log1p(-torch.linalg.vecdot(t, p))
+                (g,) = torch.autograd.grad(values, logits, grad, create_graph=True)
+            return g, None, None, None
+        grad = grad.contiguous()
+        c = (-loss.lam * grad / (1.0 - dot)).unsqueeze(1)
+        v = torch.ops.aten.hardtanh_backward(t, soft, ELR_CLAMP, 1.0 - ELR_CLAMP).mul_(soft)  # t * m * p~
+        total = v.sum(1, keepdim=True)
+        out = v.mul_(c).addcmul_(soft, grad.unsqueeze(1) - c * total)
+        return target_column_add(out, targets, -grad).to(logits.dtype), None, None, None
 
 
 # --- early-learning regularization (Liu et al. 2020) ------------------------------------------------
@@ -527,16 +676,22 @@ class ELR(PerExampleState):
 
     def forward(self, logits: Tensor, targets: Tensor, indices: Tensor | None = None) -> Tensor:
         idx = self._check_batch(logits, targets, indices, "elr")
-        p = F.softmax(logits, dim=1).clamp(ELR_CLAMP, 1.0 - ELR_CLAMP)
-        if self.training:
-            with torch.no_grad():
-                p_bar = p.detach() / p.detach().sum(1, keepdim=True)
-                rows = self.running_targets[idx]
-                self._write_rows(self.running_targets, idx, self.beta * rows + (1.0 - self.beta) * p_bar.to(rows.dtype))
-        t = self.running_targets[idx].to(logits.dtype)
-        ce = soft_cross_entropy(logits, target_probs(logits, targets))
-        values = ce + self.lam * torch.log1p(-(t * p).sum(1))
+        hard = not targets.is_floating_point()
+        if hard and not plain_autograd_needed(logits):
+            return reduce(_ELRFused.apply(logits, targets, self, idx), self.reduction)
+        p = F.hardtanh(F.softmax(logits, dim=1), ELR_CLAMP, 1.0 - ELR_CLAMP)  # clamp(p, 1e-4, 1 - 1e-4)
+        t = self._update(p.detach(), idx) if self.training else self.running_targets.index_select(0, idx)
+        t = t.to(logits.dtype)
+        ce = _ce(logits, targets) if hard else soft_cross_entropy(logits, targets.to(logits.dtype))
+        values = ce + self.lam * torch.log1p(-torch.linalg.vecdot(t, p))
         return reduce(values, self.reduction)
+
+    @torch.no_grad()
+    def _update(self, p: Tensor, idx: Tensor) -> Tensor:
+        """t_i <- beta t_i + (1 - beta) p_i / sum_k p_ik for the batch rows; returns each position's updated row."""
+        rows = self.running_targets.index_select(0, idx).mul_(self.beta)
+        rows.addcmul_(p.to(rows.dtype), ((1.0 - self.beta) / p.sum(1, keepdim=True)).to(rows.dtype))
+        return self._write_rows(self.running_targets, idx, rows).to(p.dtype)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, lam={self.lam:g}, {super().extra_repr()}"
