@@ -35,8 +35,9 @@ class Penalty(nn.Module, metaclass=abc.ABCMeta):
 
     Subclasses implement :meth:`compute` (the unweighted value) and declare the
     context fields they read in the class attribute ``needs``, a subset of
-    ``{"inputs", "outputs", "features", "loss_fn", "indices"}``; ``model``,
-    ``targets`` and ``step`` are always present.
+    ``{"inputs", "outputs", "features", "loss_fn", "indices",
+    "differentiable_inputs"}`` (:data:`~reglab.core.context.CONTEXT_FIELDS`);
+    ``model``, ``targets`` and ``step`` are always present.
 
     Args:
         weight: the coefficient, finite and >= 0.
