@@ -286,7 +286,8 @@ def test_registry_factory_and_train_step():
     twin = copy.deepcopy(model)
     opt = reglab.optim.get("spectra", model.parameters(), c=0.3, base={"name": "sgd", "lr": 0.1})
     assert isinstance(opt, SPECTRA) and isinstance(opt.base, torch.optim.SGD)
-    assert opt.hyperparameters["c"] == 0.3 and opt.hyperparameters["mode"] == "hard" and opt.param_groups[0]["lr"] == 0.1
+    assert opt.hyperparameters["c"] == 0.3 and opt.hyperparameters["mode"] == "hard"
+    assert opt.param_groups[0]["lr"] == 0.1
     record = train_step(model, (x, y), nn.MSELoss(reduction="sum"), opt)
     assert set(record) == {"loss", "objective", "grad_norm"}
     ref = SPECTRA(torch.optim.SGD(twin.parameters(), lr=0.1), 0.3)

@@ -11,8 +11,8 @@ from torch import nn
 
 import reglab.optim
 from reglab.core import ConfigError
-from reglab.optim.spectra import SPECTRA
 from reglab.optim import CLASSP, LAWN, OptimizerWrapper, OrthoGrad, orthogonal_gradient
+from reglab.optim.spectra import SPECTRA
 from reglab.train import train_step
 
 
