@@ -19,7 +19,7 @@ from torch.func import grad, jvp, vmap
 
 from reglab import losses
 from reglab.core import ConfigError, ShapeError
-from reglab.losses.classification import _sparsemax_support, _sparsemax_threshold, sparsemax
+from reglab.losses.normalizations import _sparsemax_support, _sparsemax_threshold, sparsemax
 
 N, K = 7, 6
 TOL = {"rtol": 1e-10, "atol": 1e-12}

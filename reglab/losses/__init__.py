@@ -16,17 +16,13 @@ from reglab.losses.classification import (
     FocalLoss,
     LabelSmoothingCrossEntropy,
     PolyLoss,
-    SparsemaxLoss,
     SphericalZLoss,
     Squentropy,
-    StableMaxCrossEntropy,
     log1m_softmax,
-    log_stablemax,
     soft_cross_entropy,
-    sparsemax,
-    stablemax,
 )
 from reglab.losses.distillation import PSKD, TeacherGuidedDistillation
+from reglab.losses.normalizations import SparsemaxLoss, StableMaxCrossEntropy, log_stablemax, sparsemax, stablemax
 from reglab.losses.regression import MSE
 from reglab.losses.robust import (
     ELR,

@@ -99,6 +99,13 @@ def check_logits(logits: Tensor, targets: Tensor, owner: str, *, soft: bool = Tr
         raise ShapeError(f"{owner}: needs at least {min_classes} classes, got logits of shape {tuple(logits.shape)}")
 
 
+def expected_value(per_class: Tensor, targets: Tensor) -> Tensor:
+    """Per-example value: ``per_class[i, y_i]`` for int targets, ``sum_k q_ik per_class[i, k]`` for probabilities."""
+    if targets.is_floating_point():
+        return (targets.to(per_class.dtype) * per_class).sum(dim=1)
+    return per_class.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
 def target_probs(logits: Tensor, targets: Tensor) -> Tensor:
     """Targets as an (n, K) distribution in the logits' dtype (one-hot for class indices)."""
     if targets.is_floating_point():
