@@ -20,22 +20,10 @@ from torch.nn.utils import parametrize
 
 import reglab.penalties  # noqa: F401  (populates the registry)
 from reglab.core import ConfigError, MissingContextError, ShapeError, StepContext
-from reglab.penalties.norms import (
-    HYPERSPARSE_INFLECTION,
-    L1,
-    L2,
-    ElasticNet,
-    GroupLasso,
-    HyperSparse,
-    L2ToInit,
-    NormLoss,
-    SelectiveDecay,
-    WassersteinToInit,
-    WeightCompander,
-    remove_weight_compander,
-    weight_compander,
-)
+from reglab.penalties.compander import WeightCompander, remove_weight_compander, weight_compander
+from reglab.penalties.norms import L1, L2, ElasticNet, GroupLasso, L2ToInit, NormLoss, WassersteinToInit
 from reglab.penalties.registry import REGISTRY
+from reglab.penalties.shrinkage import HYPERSPARSE_INFLECTION, HyperSparse, SelectiveDecay
 from reglab.train.step import train_step
 
 torch.set_num_threads(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from reglab.core import Penalty, PenaltySum
+from reglab.penalties.compander import WeightCompander, remove_weight_compander, weight_compander
 from reglab.penalties.continual import EWC, FISHER_KINDS, consolidate_all, fisher_diagonal
 from reglab.penalties.gradient import Flooding, GradientNorm, ImplicitGradientRegularization, squared_gradient_norm
 from reglab.penalties.norms import (
@@ -16,15 +17,10 @@ from reglab.penalties.norms import (
     L2,
     ElasticNet,
     GroupLasso,
-    HyperSparse,
     L2ToInit,
     NormLoss,
-    SelectiveDecay,
     WassersteinToInit,
-    WeightCompander,
-    remove_weight_compander,
     selected_parameters,
-    weight_compander,
 )
 from reglab.penalties.output import ConfidencePenalty, LogPartition, SpectralDecoupling
 from reglab.penalties.registry import REGISTRY
@@ -35,6 +31,7 @@ from reglab.penalties.representation import (
     PairwiseOrthogonality,
     SingularValueUniformity,
 )
+from reglab.penalties.shrinkage import HyperSparse, SelectiveDecay
 from reglab.penalties.smoothness import (
     VAT,
     FlipInvariance,

@@ -1,13 +1,13 @@
-"""Penalties on the weights themselves, and one weight reparameterization.
+"""Penalties on the weights themselves: norms, structured norms, distances to the initial weights.
 
 - norms of the parameters: :class:`L2`, :class:`L1`, :class:`ElasticNet`;
 - structured norms over output units: :class:`GroupLasso` (sparsity of whole
   rows/filters), :class:`NormLoss` (every filter pulled to unit norm);
 - distances to the initial weights: :class:`L2ToInit`, :class:`WassersteinToInit`;
-- sparsifying shrinkage: :class:`SelectiveDecay` (LOBSTER, sensitivity-weighted
-  decay) and :class:`HyperSparse` (adaptive, spares the largest weights);
-- :func:`weight_compander` / :func:`remove_weight_compander`: a
-  ``torch.nn.utils.parametrize`` reparameterization ``w = f(v)``, not a penalty.
+
+Sparsifying shrinkage (LOBSTER, HyperSparse) is in
+:mod:`reglab.penalties.shrinkage`; the weight compander reparameterization in
+:mod:`reglab.penalties.compander`.
 
 Which parameters a norm penalty covers is chosen by ``params``:
 ``"all"`` (every trainable parameter) or ``"weights"`` (parameters with two or
@@ -27,17 +27,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from reglab.core import ConfigError, MissingContextError, Penalty, ShapeError, StepContext
-from reglab.core.validation import check_bool, check_choice, check_float
-from reglab.penalties.context import data_loss, require_fields
+from reglab.core import ConfigError, Penalty, ShapeError, StepContext
+from reglab.core.validation import check_choice, check_float
 from reglab.penalties.registry import REGISTRY
 
 _PARAM_SETS = ("all", "weights")
 
 
-def _check_params(params: str) -> str:
+def check_params(params: str) -> str:
     if params not in _PARAM_SETS:
         raise ConfigError(f"params must be one of {_PARAM_SETS}, got {params!r}")
     return params
@@ -76,7 +74,7 @@ def selected_tensors(model: nn.Module, params: str) -> list[Tensor]:
     return out
 
 
-def _sum(terms: Iterator[Tensor], like: nn.Module) -> Tensor:
+def sum_terms(terms: Iterator[Tensor], like: nn.Module) -> Tensor:
     total = None
     for t in terms:
         total = t if total is None else total + t
@@ -225,7 +223,7 @@ class L2(Penalty):
 
     def __init__(self, weight: float, *, params: str = "all", name: str | None = None):
         super().__init__(weight, name=name)
-        self.params = _check_params(params)
+        self.params = check_params(params)
 
     def compute(self, ctx: StepContext) -> Tensor:
         params = selected_tensors(ctx.model, self.params)
@@ -250,7 +248,7 @@ class L1(Penalty):
 
     def __init__(self, weight: float, *, params: str = "all", name: str | None = None):
         super().__init__(weight, name=name)
-        self.params = _check_params(params)
+        self.params = check_params(params)
 
     def compute(self, ctx: StepContext) -> Tensor:
         params = selected_tensors(ctx.model, self.params)
@@ -287,7 +285,7 @@ class L2ToInit(Penalty):
 
     def __init__(self, weight: float, *, params: str = "all", name: str | None = None):
         super().__init__(weight, name=name)
-        self.params = _check_params(params)
+        self.params = check_params(params)
         self._anchors = IdentityCache()
 
     @torch.no_grad()
@@ -367,7 +365,7 @@ class ElasticNet(Penalty):
     def __init__(self, weight: float, *, alpha: float = 0.5, params: str = "all", name: str | None = None):
         super().__init__(weight, name=name)
         self.alpha = check_float("alpha", alpha, 0.0, 1.0)
-        self.params = _check_params(params)
+        self.params = check_params(params)
 
     def compute(self, ctx: StepContext) -> Tensor:
         params = selected_tensors(ctx.model, self.params)
@@ -556,7 +554,7 @@ class WassersteinToInit(Penalty):
 
     def __init__(self, weight: float, *, params: str = "all", name: str | None = None):
         super().__init__(weight, name=name)
-        self.params = _check_params(params)
+        self.params = check_params(params)
 
     def _key(self, param_name: str) -> str:
         return self._STEM + param_name.replace(".", "__")
@@ -586,7 +584,7 @@ class WassersteinToInit(Penalty):
                     "call reset(model) after changing the model"
                 )
             terms.append((p.flatten().sort().values - anchor).pow(2).sum())
-        return _sum(iter(terms), ctx.model)
+        return sum_terms(iter(terms), ctx.model)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         _create_missing_buffers(self, state_dict, prefix, self._STEM)
@@ -594,348 +592,3 @@ class WassersteinToInit(Penalty):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}, params={self.params!r}"
-
-
-# -- sparsifying shrinkage ------------------------------------------------------------
-
-
-@REGISTRY.register("lobster")
-class SelectiveDecay(Penalty):
-    """LOBSTER: decay of the weights the loss is insensitive to, weight/2 * sum (1 - s_i)_+ theta_i^2, s = |dL/dtheta|.
-
-    .. math:: R(\\theta) = \\frac{\\lambda}{2} \\sum_i \\big(1 - s_i\\big)_+ \\theta_i^2,
-              \\qquad s_i = \\Big|\\frac{\\partial L}{\\partial \\theta_i}\\Big| \\text{ (detached)}
-
-    The sensitivity ``s`` is held constant, so the gradient of the penalty is
-    ``lambda * (1 - s)_+ * theta`` and an SGD step with learning rate ``eta`` is
-    LOBSTER's update ``theta <- theta - eta dL/dtheta - eta lambda theta (1 - |dL/dtheta|)_+``:
-    parameters the loss barely depends on decay like weight decay, sensitive
-    ones (``|dL/dtheta| >= 1``) are left alone; the shrunken ones are then
-    pruned by magnitude when the loss plateaus (pruning is not part of this
-    class) ("LOss-Based SensiTivity rEgulaRization: towards deep sparse neural
-    networks", Tartaglione et al., 2022). Checked against the authors' code
-    (EIDOSlab, ``EIDOSearch.regularizers.LOBSTER``): its default uses the raw
-    ``|grad|`` with ``(1 - s)_+`` and applies ``p -= lambda * p * (1 - s)_+`` without the
-    learning rate (so their lambda is our ``eta * weight``); its ``rescaled`` mode,
-    our ``normalize=True``, uses ``s = |g| / max(max|g|, 1e-10)`` per tensor.
-    The related "Regularization-based Pruning of Irrelevant Weights in Deep
-    Neural Architectures" (Bonetta et al., 2022) decays weights selected by a
-    relevance threshold instead; it is not implemented here.
-
-    ``dL/dtheta`` is the gradient of ``ctx.loss_fn(ctx.outputs, ctx.targets)``
-    (the data loss of the same forward pass, with the graph retained), one
-    extra backward pass per step. Usual range (per unit learning rate): weight
-    1e-6 to 1e-4.
-
-    Example:
-        >>> penalty = SelectiveDecay(1e-5, params="all")   # registry name "lobster"
-
-    Args:
-        weight: lambda, >= 0.
-        params: "all" or "weights" (tensors with ndim >= 2).
-        normalize: use ``s = |g| / max|g|`` per tensor (in [0, 1]) instead of ``|g|``.
-
-    Raises:
-        ConfigError: an unknown params set, or a data loss that keeps per-example state.
-        MissingContextError: ``ctx.outputs`` or ``ctx.loss_fn`` is missing, or the
-            outputs carry no autograd graph.
-    """
-
-    needs = frozenset({"outputs", "loss_fn"})
-
-    def __init__(self, weight: float, *, params: str = "all", normalize: bool = False, name: str | None = None):
-        super().__init__(weight, name=name or "lobster")
-        self.params = _check_params(params)
-        check_bool("normalize", normalize)
-        self.normalize = normalize
-
-    def sensitivity(self, ctx: StepContext, parameters: list[Tensor]) -> list[Tensor]:
-        """The detached sensitivities ``s`` of ``parameters`` (0 where the loss does not depend on one)."""
-        require_fields(ctx, self.name, "outputs", "loss_fn")
-        if not ctx.outputs.requires_grad:
-            raise MissingContextError(
-                f"{self.name}: ctx.outputs has no autograd graph; compute the outputs with gradients enabled "
-                "in the same forward pass as the loss"
-            )
-        loss = data_loss(ctx, self.name)  # refuses a loss with per-example state, which would advance twice
-        grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
-        out = []
-        for p, g in zip(parameters, grads):
-            s = torch.zeros_like(p) if g is None else g.detach().abs()
-            if self.normalize:
-                s = s / s.max().clamp_min(1e-10)
-            out.append(s)
-        return out
-
-    def compute(self, ctx: StepContext) -> Tensor:
-        params = [p for _, p in selected_parameters(ctx.model, self.params)]
-        if not params:
-            return _sum(iter(()), ctx.model)
-        terms = (((1.0 - s).clamp_min(0.0) * p.pow(2)).sum() for p, s in zip(params, self.sensitivity(ctx, params)))
-        return 0.5 * _sum(terms, ctx.model)
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight:g}, params={self.params!r}, normalize={self.normalize}"
-
-
-#: asech(sqrt(2/3)): where sech^2(x), the shape of the HyperSparse gradient, has its inflection point.
-HYPERSPARSE_INFLECTION = 0.6585
-
-
-@REGISTRY.register("hypersparse")
-class HyperSparse(Penalty):
-    """HyperSparse: adaptive shrinkage of all but the largest (1 - prune_rate) weights, gradient ~ sech^2(s|w|).
-
-    Its gradient on weight ``w_i`` (all covered weights pooled in one vector ``w``) is
-
-    .. math:: g_i = \\operatorname{sign}(w_i)\\, s\\, \\operatorname{sech}^2(s|w_i|)\\,
-              \\frac{\\sum_j |w_j|}{\\sum_j \\tanh(s|w_j|)},
-              \\qquad s = \\frac{0.6585}{|w|_{(\\lfloor \\kappa n \\rfloor)}}
-
-    with ``|w|_(k)`` the k-th smallest magnitude (0-based), ``kappa`` the prune
-    rate and 0.6585 the inflection point of ``sech^2``, so that the pressure is
-    L1-like (``g_i >= 1`` in size) on the weights below the prune-rate quantile
-    and fades smoothly to 0 on the ``(1 - kappa) n`` largest ones, which are the
-    ones kept after pruning. It is the gradient of
-    ``HS(w) = ||w||_1 * sum_j tanh(s|w_j|) / sg(sum_j tanh(s|w_j|))`` with ``sg``
-    a stop-gradient and ``s`` and the outer ``||w||_1`` held constant ("HyperSparse
-    Neural Networks: Shifting Exploration to Exploitation through Adaptive
-    Regularization", Glandorf, Kaiser & Rosenhahn, 2023). Checked against the
-    authors' code (GreenAutoML4FAS/HyperSparse, ``loss/HyperSparse.py``:
-    ``hyperSparse`` and ``grad_HS_loss``): same ``s``, same gradient; their loss
-    value is ``HS - ||w||_1``, identically 0, while ours is the constant
-    ``||w||_1``, so the logged value is the L1 mass being shrunk; the gradient is
-    the same. So this value is a surrogate: ``gradcheck`` does not apply.
-
-    In their Adaptive Regularized Training (ART) the weight grows geometrically,
-    ``lambda_t = lambda_0 * eta^t`` per epoch (eta ~ 1.05 to 1.2, lambda_0 ~ 1e-5 to
-    1e-3), until the top-(1 - kappa) mask is stable; then the model is pruned to
-    that mask and fine-tuned. Schedule the weight from the trainer (``penalty.weight = ...``).
-
-    Example:
-        >>> penalty = HyperSparse(1e-4, prune_rate=0.9)
-
-    Args:
-        weight: lambda, >= 0.
-        prune_rate: kappa, the fraction of weights to be pruned, in [0, 1).
-        params: "weights" (tensors with ndim >= 2, the authors' choice: Linear and
-            Conv weights) or "all".
-
-    Raises:
-        ConfigError: prune_rate outside [0, 1) or an unknown params set.
-        ShapeError: the model has no parameter to cover.
-    """
-
-    def __init__(self, weight: float, *, prune_rate: float = 0.9, params: str = "weights", name: str | None = None):
-        super().__init__(weight, name=name or "hypersparse")
-        self.prune_rate = check_float("prune_rate", prune_rate, 0.0, 1.0, high_open=True)
-        self.params = _check_params(params)
-
-    def compute(self, ctx: StepContext) -> Tensor:
-        params = [p for _, p in selected_parameters(ctx.model, self.params)]
-        if not params:
-            raise ShapeError(
-                f"{self.name}: {type(ctx.model).__name__} has no trainable parameter in the set "
-                f"params={self.params!r}; use params='all' or a model with Linear/Conv layers"
-            )
-        w = torch.cat([p.flatten() for p in params])
-        a = w.abs()
-        tiny = torch.finfo(a.dtype).tiny
-        k = math.floor(self.prune_rate * a.numel())
-        quantile = torch.kthvalue(a.detach(), k + 1).values
-        s = HYPERSPARSE_INFLECTION / quantile.clamp_min(tiny)
-        t = torch.tanh(s * a).sum()
-        return a.sum().detach() * t / t.detach().clamp_min(tiny)
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight:g}, prune_rate={self.prune_rate:g}, params={self.params!r}"
-
-
-# -- weight compander (a reparameterization, not a penalty) ---------------------------
-
-
-class WeightCompander(nn.Module):
-    """The compander ``w = f(v) = max_abs * tanh(slope * v / max_abs)``, a ``torch.nn.utils.parametrize`` module.
-
-    Odd, strictly increasing, bounded by ``max_abs`` and with ``f'(0) = slope``:
-    with ``slope > 1`` it expands small latent weights (and their gradients, by
-    ``f'(v)``) and compresses large ones toward the bound. Build it with
-    :func:`weight_compander`, which documents the method.
-
-    Args:
-        max_abs: the bound A on ``|w|``, > 0.
-        slope: ``f'(0)``, > 0.
-        learnable: learn ``log A`` and ``log slope`` as parameters (kept positive).
-        dtype, device: of the hyperparameter tensors (those of the weight).
-    """
-
-    def __init__(
-        self,
-        max_abs: float = 1.0,
-        slope: float = 2.0,
-        learnable: bool = False,
-        *,
-        dtype: torch.dtype | None = None,
-        device: torch.device | None = None,
-    ):
-        super().__init__()
-        check_float("max_abs", max_abs, 0.0, low_open=True)
-        check_float("slope", slope, 0.0, low_open=True)
-        check_bool("learnable", learnable)
-        log_a = torch.tensor(math.log(max_abs), dtype=dtype, device=device)
-        log_slope = torch.tensor(math.log(slope), dtype=dtype, device=device)
-        if learnable:
-            self.log_max_abs = nn.Parameter(log_a)
-            self.log_slope = nn.Parameter(log_slope)
-        else:
-            self.register_buffer("log_max_abs", log_a)
-            self.register_buffer("log_slope", log_slope)
-
-    @property
-    def max_abs(self) -> Tensor:
-        return self.log_max_abs.exp()
-
-    @property
-    def slope(self) -> Tensor:
-        return self.log_slope.exp()
-
-    def forward(self, v: Tensor) -> Tensor:
-        a = self.max_abs
-        return a * torch.tanh(self.slope * v / a)
-
-    @torch.no_grad()
-    def right_inverse(self, w: Tensor) -> Tensor:
-        """``v = f^{-1}(w) = max_abs / slope * atanh(w / max_abs)``; needs ``|w| < max_abs``."""
-        a = self.max_abs
-        largest = w.abs().max().item() if w.numel() else 0.0
-        if largest >= a.item():
-            raise ConfigError(
-                f"weight_compander: max_abs must exceed the largest |weight| to keep the weights, got "
-                f"max_abs={a.item():g} <= {largest:g}; raise max_abs or pass preserve=False"
-            )
-        return a / self.slope * torch.atanh(w / a)
-
-    def extra_repr(self) -> str:
-        learnable = isinstance(self.log_max_abs, nn.Parameter)
-        return f"max_abs={self.max_abs.item():g}, slope={self.slope.item():g}, learnable={learnable}"
-
-
-def weight_compander(
-    module: nn.Module,
-    name: str = "weight",
-    *,
-    max_abs: float = 1.0,
-    slope: float = 2.0,
-    learnable: bool = False,
-    preserve: bool = True,
-) -> nn.Module:
-    """Reparameterize ``module.<name>`` as ``w = f(v)`` with a compander f (weight compander, WC); returns ``module``.
-
-    .. math:: w = f(v) = A \\tanh\\big(\\mu v / A\\big), \\qquad |w| < A,\\ f'(0) = \\mu
-
-    "Weight Compander: A Simple Weight Reparameterization for Regularization"
-    (Cakaj, Mehnert & Yang, 2023) trains a latent ``v`` and uses ``w = f(v)``
-    with a compressor-expander f that bounds ``|w|`` (no single weight dominates)
-    and is steep near 0 (small weights are pushed away from zero and their
-    gradients amplified, so more weights take part), with f's hyperparameters
-    optionally learned; it is meant to be combined with weight decay, dropout etc.
-    **The paper's exact f is unknown here**: this f is a stand-in with those
-    properties, odd, strictly increasing, saturating at ``A = max_abs``, slope
-    ``mu = slope`` at 0, not the paper's function. Hyperparameters: ``max_abs`` (0.5 to 2 for
-    default-initialized layers), ``slope`` (1 to 4; 1 is nearly the identity for
-    small weights), which layers.
-
-    Built on ``torch.nn.utils.parametrize``: the latent is
-    ``module.parametrizations.<name>.original``; with ``learnable=True`` the
-    compander's ``log_max_abs`` and ``log_slope`` are parameters of the module
-    too, picked up by ``module.parameters()`` and the optimizer.
-
-    Example:
-        >>> for m in model.modules():
-        ...     if isinstance(m, (nn.Linear, nn.Conv2d)):
-        ...         weight_compander(m, max_abs=1.0, slope=2.0)
-
-    Args:
-        module: the module owning the tensor.
-        name: the parameter to reparameterize.
-        max_abs: the bound A on ``|w|``, > 0.
-        slope: ``f'(0)``, > 0.
-        learnable: learn A and the slope with the model.
-        preserve: start from the current weights (``v = f^{-1}(w)``, needs
-            ``|w| < max_abs``); with False the current weights become the latent
-            ``v`` and the effective weights start at ``f(w)``.
-
-    Returns:
-        ``module``, now parametrized.
-
-    Raises:
-        ConfigError: ``name`` is not a parameter of ``module`` or is already
-            parametrized, a hyperparameter is out of range, or (with ``preserve``)
-            ``max_abs`` does not exceed the largest current weight.
-    """
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"weight_compander needs an nn.Module, got {type(module).__name__}")
-    check_bool("preserve", preserve)
-    if parametrize.is_parametrized(module, name):
-        raise ConfigError(
-            f"weight_compander: {type(module).__name__}.{name} is already parametrized "
-            f"({[type(p).__name__ for p in module.parametrizations[name]]}); remove that first"
-        )
-    param = module._parameters.get(name)
-    if not isinstance(param, nn.Parameter):
-        raise ConfigError(
-            f"weight_compander: {type(module).__name__} has no parameter {name!r}; "
-            f"its parameters are {[n for n, _ in module.named_parameters(recurse=False)]}"
-        )
-    compander = WeightCompander(max_abs, slope, learnable, dtype=param.dtype, device=param.device)
-    latent = param.detach().clone()
-    if preserve:
-        compander.right_inverse(latent)  # raises before the module is touched
-    else:
-        with torch.no_grad():
-            param.zero_()  # f^{-1}(0) = 0 for any size of weight; the latent is copied in below
-    parametrize.register_parametrization(module, name, compander)
-    if not preserve:
-        with torch.no_grad():
-            module.parametrizations[name].original.copy_(latent)
-    return module
-
-
-def remove_weight_compander(module: nn.Module, name: str | None = None) -> nn.Module:
-    """Undo :func:`weight_compander` on ``module`` and its submodules, keeping the current effective weights.
-
-    Each compander-parametrized tensor becomes a plain parameter holding
-    ``f(v)`` (``parametrize.remove_parametrizations(..., leave_parametrized=True)``).
-
-    Args:
-        module: the module (searched recursively).
-        name: only this tensor name (e.g. "weight"); None for every compander.
-
-    Returns:
-        ``module``.
-
-    Raises:
-        ConfigError: no weight compander was found, or a tensor also carries
-            another parametrization (remove it with ``torch.nn.utils.parametrize`` first).
-    """
-    removed = 0
-    for sub in module.modules():
-        if not parametrize.is_parametrized(sub):
-            continue
-        for tensor_name in list(sub.parametrizations.keys()):
-            if name is not None and tensor_name != name:
-                continue
-            stack = list(sub.parametrizations[tensor_name])
-            if not any(isinstance(p, WeightCompander) for p in stack):
-                continue
-            if not all(isinstance(p, WeightCompander) for p in stack):
-                raise ConfigError(
-                    f"remove_weight_compander: {type(sub).__name__}.{tensor_name} also carries "
-                    f"{[type(p).__name__ for p in stack]}; remove those with torch.nn.utils.parametrize first"
-                )
-            parametrize.remove_parametrizations(sub, tensor_name, leave_parametrized=True)
-            removed += 1
-    if not removed:
-        where = f" on tensor {name!r}" if name is not None else ""
-        raise ConfigError(f"remove_weight_compander: no weight compander found{where} in {type(module).__name__}")
-    return module
