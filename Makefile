@@ -16,7 +16,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev,ray,vision,hf]'
+	$(PIP) install -q -e '.[dev,ray,vision,hf,track,tune]'
 	touch $@
 
 install: $(VENV)/.installed
