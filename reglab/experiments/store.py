@@ -11,6 +11,9 @@ is migrated when opened, in one transaction, one step per version:
 
 - 1 → 2: the ``group_hash`` column (the config hash without the seed), filled
   from each run's stored config.
+- 2 → 3: the status ``pruned`` (a search trial its pruner stopped early): the
+  ``runs`` table is rebuilt with the wider ``CHECK`` on ``status`` (SQLite
+  cannot alter a constraint), its rows and ids kept.
 
 Durability and concurrency:
 
@@ -27,6 +30,13 @@ Durability and concurrency:
   run can replay steps without creating duplicates.
 - A store opened in one process and used in a forked child reconnects in the
   child (SQLite connections must not cross a fork); a store pickles as its path.
+
+Listeners (:meth:`Store.add_listener`, e.g. the trackers of
+:mod:`reglab.experiments.trackers`) see every run created, started and finished
+and every metric row logged through this object, after its transaction has
+committed: what a listener is told is in the store. A listener that raises is
+detached with a :class:`StoreListenerWarning` (the store keeps every row, so
+``reglab export`` can write the rest later); the write itself has succeeded.
 
 Example::
 
@@ -49,11 +59,12 @@ import socket
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from reglab.core.errors import StoreError
 
@@ -68,23 +79,25 @@ __all__ = [
     "STATUSES",
     "RunRecord",
     "Store",
+    "StoreListener",
+    "StoreListenerWarning",
 ]
 
 #: Version of the database layout, kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Every status a run can have, in the order of its life.
-STATUSES: tuple[str, ...] = ("queued", "running", "done", "diverged", "failed", "interrupted")
+STATUSES: tuple[str, ...] = ("queued", "running", "done", "diverged", "pruned", "failed", "interrupted")
 
 #: The statuses :meth:`Store.finish_run` accepts.
-FINAL_STATUSES: tuple[str, ...] = ("done", "diverged", "failed", "interrupted")
+FINAL_STATUSES: tuple[str, ...] = ("done", "diverged", "pruned", "failed", "interrupted")
 
 #: Seconds a writer waits for another process's lock before giving up.
 BUSY_TIMEOUT_S = 30.0
 
 _STATUS_SQL = ", ".join(f"'{s}'" for s in STATUSES)
 
-_SCHEMA = f"""
+_RUNS_TABLE = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT,
@@ -102,9 +115,12 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     versions TEXT,
     error TEXT
-);
+)"""
+_RUNS_INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_config_hash ON runs (config_hash);
 CREATE INDEX IF NOT EXISTS runs_study ON runs (study);
+"""
+_METRICS_TABLE = """
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL,
@@ -114,6 +130,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, step, split, name)
 ) WITHOUT ROWID;
 """
+_SCHEMA = ";".join((_RUNS_TABLE, _RUNS_INDEXES, _METRICS_TABLE))
 
 _RUN_COLUMNS = (
     "id",
@@ -321,8 +338,47 @@ def _add_group_hash(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE runs SET group_hash = ? WHERE id = ?", values)
 
 
+def _allow_pruned(conn: sqlite3.Connection) -> None:
+    """Schema 2 → 3: rebuild ``runs`` with the status ``pruned`` in its CHECK (SQLite's way to change a constraint:
+    a new table, the rows copied with their ids, the old one dropped; foreign keys are off during migrations)."""
+    columns = ", ".join(_RUN_COLUMNS)
+    conn.execute(_RUNS_TABLE.replace("CREATE TABLE IF NOT EXISTS runs (", "CREATE TABLE runs_v3 (", 1))
+    conn.execute(f"INSERT INTO runs_v3 ({columns}) SELECT {columns} FROM runs")
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v3 RENAME TO runs")
+    for statement in _RUNS_INDEXES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 #: ``{version: the step from it to the next}``; a store is migrated through every step up to :data:`SCHEMA_VERSION`.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_group_hash}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_group_hash, 2: _allow_pruned}
+
+
+@runtime_checkable
+class StoreListener(Protocol):
+    """What :meth:`Store.add_listener` accepts: four callbacks, each called after its write has committed.
+
+    Rows are given as the store holds them: ``(step, split, name, value)`` with ``value`` a float, NaN for a
+    non-finite value (stored as NULL). A run re-opened by :meth:`Store.start_run` (a resumed or retried run)
+    may be started and logged to by a process whose listener never saw it created.
+    """
+
+    def run_created(self, store: Store, record: RunRecord) -> None:
+        """A run was added (status ``queued``)."""
+
+    def run_started(self, store: Store, record: RunRecord) -> None:
+        """A run was marked ``running`` by this process (first start or a restart)."""
+
+    def rows_logged(self, store: Store, run_id: int, rows: list[tuple[int, str, str, float]]) -> None:
+        """Metric rows of a run were written (one call per :meth:`Store.log_metrics`)."""
+
+    def run_finished(self, store: Store, record: RunRecord) -> None:
+        """A run ended with a final status (its record has the status, step, end time and error)."""
+
+
+class StoreListenerWarning(RuntimeWarning):
+    """A store listener raised and was detached; the store itself has every row."""
 
 
 class Store:
@@ -353,6 +409,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._listeners: list[StoreListener] = []
         self._conn = self._connect()
 
     # ------------------------------------------------------------------ connection
@@ -404,6 +461,8 @@ class Store:
         if version == SCHEMA_VERSION:  # the usual case: no write lock taken, opening stays cheap
             return
         self._check_version(version)
+        # a migration may rebuild a table that metrics reference: foreign keys off (a no-op inside a transaction)
+        conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN IMMEDIATE")  # a new file: create the tables, an old one: migrate; another process may race
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -425,12 +484,16 @@ class Store:
                 self._check_version(version)
                 for old in range(version, SCHEMA_VERSION):
                     _MIGRATIONS[old](conn)
+                if broken := conn.execute("PRAGMA foreign_key_check").fetchall():
+                    raise StoreError(f"migrating {self.path!r} left metric rows of missing runs: {broken[:3]}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     def _check_version(self, version: int) -> None:
         if not 0 <= version <= SCHEMA_VERSION:
@@ -506,6 +569,47 @@ class Store:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])  # type: ignore[misc]
 
+    # ------------------------------------------------------------------ listeners
+
+    def add_listener(self, listener: StoreListener) -> None:
+        """Call ``listener`` after every run creation, start, finish and metric write through this object.
+
+        Listeners are not pickled with the store and are not carried into another process.
+
+        Raises:
+            StoreError: ``listener`` lacks one of the :class:`StoreListener` methods.
+        """
+        missing = [m for m in ("run_created", "run_started", "rows_logged", "run_finished") if not hasattr(listener, m)]
+        if missing:
+            raise StoreError(
+                f"a store listener needs the methods run_created, run_started, rows_logged and run_finished; "
+                f"{type(listener).__name__} lacks {', '.join(missing)}"
+            )
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
+
+    def remove_listener(self, listener: StoreListener) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not attached)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every listener; one that raises is detached with a warning and the others still run."""
+        for listener in list(self._listeners):
+            try:
+                getattr(listener, event)(self, *args)
+            except Exception as exc:  # a tracker's failure must not fail the run whose rows are already stored
+                self.remove_listener(listener)
+                warnings.warn(
+                    f"store listener {listener!r} failed in {event}: {type(exc).__name__}: {exc}; it is detached "
+                    f"and gets no more rows. The store {self.path!r} has every row: `reglab export` writes them "
+                    "to a tracker later",
+                    StoreListenerWarning,
+                    stacklevel=3,
+                )
+
     # ------------------------------------------------------------------ runs
 
     @staticmethod
@@ -559,7 +663,10 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
                 (name, study, config_json, config_hash, group_hash, seed, time.time()),
             )
-            return int(cursor.lastrowid)
+            run_id = int(cursor.lastrowid)
+        if self._listeners:
+            self._notify("run_created", self.run(run_id))
+        return run_id
 
     def start_run(self, run_id: int) -> None:
         """Mark a run ``running`` in this process: sets started, host, pid and versions; clears ended and error.
@@ -575,6 +682,8 @@ class Store:
                 "versions = ? WHERE id = ?",
                 (time.time(), socket.gethostname(), os.getpid(), versions, run_id),
             )
+        if self._listeners:
+            self._notify("run_started", self.run(run_id))
 
     def set_step(self, run_id: int, step: int) -> None:
         """Record the last step a run reached (one small transaction, no fsync)."""
@@ -588,7 +697,8 @@ class Store:
         """End a run with a final status and set its end time.
 
         Args:
-            status: one of ``done``, ``diverged``, ``failed``, ``interrupted``.
+            status: one of ``done``, ``diverged``, ``pruned`` (a search trial stopped early), ``failed``,
+                ``interrupted``.
             step: the last step reached (the divergence step for ``diverged``); None keeps the recorded step.
             error: an error message (a traceback, the reason of divergence); None keeps the recorded one.
         """
@@ -603,6 +713,8 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise StoreError(f"unknown run id {run_id!r}; Store.runs() lists the runs in this store")
+        if self._listeners:
+            self._notify("run_finished", self.run(run_id))
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and all its metrics in one transaction (e.g. before re-running it)."""
@@ -668,6 +780,8 @@ class Store:
                     "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?, ?, ?, ?, ?)",
                     values,
                 )
+        if self._listeners and values:
+            self._notify("rows_logged", run_id, [(step, sp, nm, _nan_if_none(v)) for _, step, sp, nm, v in values])
 
     def log_metric(self, run_id: int, step: int, split: str, name: str, value: float) -> None:
         """Write one metric point (see :meth:`log_metrics`)."""
