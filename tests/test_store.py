@@ -201,7 +201,7 @@ def test_a_version_1_store_is_migrated_with_the_group_hash_of_every_run(tmp_path
     conn.commit()
     conn.close()
     with Store(path) as s:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         hashes = [r.group_hash for r in s.runs()]
         assert s.metrics(1) == [(10, "test", "accuracy", 0.5)] and [r.config_hash for r in s.runs()][0] == "h0"
     fresh = [parse_config(c).group_hash() for c in configs[:4]]
@@ -209,6 +209,35 @@ def test_a_version_1_store_is_migrated_with_the_group_hash_of_every_run(tmp_path
     assert hashes[0] == hashes[1] == hashes[2] != hashes[3]
     with Store(path) as s:  # opened again: nothing left to migrate
         assert [r.group_hash for r in s.runs()] == hashes
+
+
+def test_a_version_2_store_takes_the_pruned_status_and_keeps_its_runs_ids_and_metrics(tmp_path: Path):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_RUNS_V1.replace("error TEXT\n", "error TEXT, group_hash TEXT\n"))
+    for i, status in enumerate(("done", "running", "failed")):
+        conn.execute(
+            "INSERT INTO runs (id, name, config, config_hash, group_hash, seed, status) "
+            "VALUES (?, ?, '{}', ?, ?, ?, ?)",
+            (10 + i, f"r{i}", f"h{i}", f"g{i}", i, status),
+        )
+    conn.execute("INSERT INTO metrics VALUES (11, 5, 'test', 'accuracy', 0.25)")
+    with pytest.raises(sqlite3.IntegrityError):  # the old CHECK refuses the new status
+        conn.execute("UPDATE runs SET status = 'pruned' WHERE id = 11")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        s.finish_run(11, "pruned", step=5)
+        rows = [(r.id, r.status, r.group_hash) for r in s.runs()]
+        assert rows == [(10, "done", "g0"), (11, "pruned", "g1"), (12, "failed", "g2")]
+        assert s.metrics(11) == [(5, "test", "accuracy", 0.25)]
+        assert s.create_run({}, name="new", config_hash="h") == 13  # AUTOINCREMENT continues after the copied ids
+        indexes = {r[0] for r in s._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"runs_config_hash", "runs_study"} <= indexes
+        assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced again after the migration
+            s._db.execute("INSERT INTO metrics VALUES (99, 1, 'test', 'loss', 1.0)")
 
 
 def test_config_tuples_become_lists_and_bad_configs_raise(store: Store):
