@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +81,40 @@ def _progress() -> Progress:
     )
 
 
-def run_configs(configs: list, store_path: Path, study: str | None) -> list:
-    """Run configs one after another into the store, with a progress bar per run; all are built (once) first."""
+def _open_trackers(stack: ExitStack, tensorboard: Path | None, mlflow: str | None, experiment: str | None) -> list:
+    """The trackers asked for by ``--tensorboard`` / ``--mlflow``, each destination checked now (before anything
+    trains) and closed by ``stack``; MLflow runs go to the experiment named after the study (``reglab`` without)."""
+    from reglab.experiments.trackers import MLflowTracker, TensorBoardTracker
+
+    trackers: list = []
+    try:
+        if tensorboard is not None:
+            trackers.append(stack.enter_context(TensorBoardTracker(tensorboard)))
+        if mlflow is not None:
+            trackers.append(stack.enter_context(MLflowTracker(mlflow, experiment=experiment or "reglab")))
+    except BaseException:
+        stack.close()
+        raise
+    return trackers
+
+
+_TENSORBOARD_HELP = "also write every metric row to TensorBoard event files here (one directory per run)"
+_MLFLOW_HELP = "also write every run to this MLflow tracking URI (a directory, sqlite:///file.db or a server)"
+
+
+def run_configs(configs: list, store_path: Path, study: str | None, trackers: Sequence = ()) -> list:
+    """Run configs one after another into the store, with a progress bar per run; all are built (once) first.
+
+    ``trackers`` (:mod:`reglab.experiments.trackers`) are attached to the store and get every row it writes.
+    """
     from reglab.experiments.runner import build_all, execute
     from reglab.experiments.store import Store
 
     built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
     with Store(store_path) as store, _progress() as progress:
+        for tracker in trackers:
+            store.add_listener(tracker)
         for i, cfg in enumerate(configs, 1):
             label = escape(f"[{i}/{len(configs)}] {cfg.run_name} seed {cfg.train.seed}")
             cb = _ProgressCallback(progress, label, cfg.train.steps)
@@ -119,6 +147,8 @@ def run(
     config: Path = typer.Argument(..., help="a run config or a study (base + variants + seeds), YAML"),
     store: Path = typer.Option(Path("runs.db"), help="SQLite result store"),
     report: Path = typer.Option(None, help="also write an HTML report to this directory"),
+    tensorboard: Path = typer.Option(None, help=_TENSORBOARD_HELP),
+    mlflow: str = typer.Option(None, help=_MLFLOW_HELP),
 ) -> None:
     """Run one config, or every run of a study, and record them in the store."""
     from reglab.experiments.config import parse_config, read_yaml
@@ -127,7 +157,9 @@ def run(
     data = read_yaml(config)
     study = parse_study(data) if is_study(data) else None
     configs = study.expand() if study else [parse_config(data)]
-    outcomes = run_configs(configs, store, study.name if study else None)
+    with ExitStack() as stack:
+        trackers = _open_trackers(stack, tensorboard, mlflow, study.name if study else None)
+        outcomes = run_configs(configs, store, study.name if study else None, trackers)
     console.print(_outcome_table(outcomes))
     if report is not None:
         _write_report(store, report, study.name if study else None)
@@ -143,6 +175,8 @@ def sweep(
     workers: int = typer.Option(None, help="parallel workers / Ray CPUs (default: the number of cores)"),
     address: str = typer.Option(None, help="a Ray cluster to join (ray backend); default: a local instance"),
     report: Path = typer.Option(None, help="also write an HTML report to this directory"),
+    tensorboard: Path = typer.Option(None, help=_TENSORBOARD_HELP),
+    mlflow: str = typer.Option(None, help=_MLFLOW_HELP),
 ) -> None:
     """Run a study in parallel, resumably: runs already done in the store are skipped.
 
@@ -155,7 +189,11 @@ def sweep(
 
     spec = load_study(study_file)
     configs = spec.expand()
-    with Store(store) as db, _progress() as progress:
+    stack = ExitStack()  # the trackers' destinations are checked before the store is opened
+    trackers = _open_trackers(stack, tensorboard, mlflow, spec.name)
+    with stack, Store(store) as db, _progress() as progress:
+        for tracker in trackers:
+            db.add_listener(tracker)  # the driver writes every row, those its workers send back included
         bar = progress.add_task(escape(f"sweep {spec.name} ({backend})"), total=None)
 
         def on_result(outcome: Any, finished: int, total: int) -> None:
@@ -202,6 +240,23 @@ def report(
     """Write a self-contained HTML report (results table and learning curves) of a store."""
     _check_store(store)
     _write_report(store, out, study)
+
+
+@app.command()
+def export(
+    store: Path = typer.Argument(..., metavar="DB", help="SQLite result store"),
+    dest: str = typer.Argument(..., metavar="DEST", help="a directory (tensorboard), a URI (mlflow) or a file"),
+    to: str = typer.Option(..., "--to", help="tensorboard, mlflow, csv or parquet"),
+    study: str = typer.Option(None, help="only the runs of this study"),
+) -> None:
+    """Export what a store holds: reglab export DB --to tensorboard DIR | mlflow URI | csv FILE | parquet FILE."""
+    from reglab.experiments.store import Store
+    from reglab.experiments.trackers import export as export_store
+
+    _check_store(store)
+    with Store(store) as db:
+        count = export_store(db, to, dest, study=study)
+    console.print(f"exported {count} runs of {escape(str(store))} to {to} {escape(dest)}")
 
 
 def _check_store(store: Path) -> None:
