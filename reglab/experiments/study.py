@@ -27,6 +27,21 @@ Runs are every variant × grid point × zip position × seed, in that order;
 a run swept by axes is named ``variant[path=value, ...]`` (``path=value, ...``
 when the study has no variants). Two runs whose
 configs are identical (same :meth:`RunConfig.config_hash`) are run once.
+
+A search study (``reglab tune``) samples its runs instead: ``search`` gives a
+range or a list of choices per dotted path (:mod:`reglab.experiments.search`),
+``objective`` the metric to optimize (``split/name`` as a run logs it, e.g.
+``test/accuracy``) and ``direction`` ``minimize`` or ``maximize``::
+
+    search:
+      optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}
+      penalties.0.weight: {choices: [0, 1.0e-4, 1.0e-3]}
+    objective: test/accuracy
+    direction: maximize
+
+Each trial is ``base`` with the sampled values set, named ``trial N``, trained
+on the study's one seed; variants, grid and zip do not combine with a search
+(give the alternatives as choices), and :meth:`Study.expand` refuses a search.
 """
 
 from __future__ import annotations
@@ -40,8 +55,11 @@ from typing import Any
 
 from reglab.core import ConfigError
 from reglab.experiments.config import RunConfig, deep_merge, parse_config, read_yaml
+from reglab.experiments.search import Dimension, parse_search
 
-_STUDY_KEYS = ("study", "base", "variants", "grid", "zip", "seeds")
+_STUDY_KEYS = ("study", "base", "variants", "grid", "zip", "seeds", "search", "objective", "direction")
+#: The directions a search study's objective can be optimized in.
+DIRECTIONS = ("minimize", "maximize")
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,26 @@ class Study:
     seeds: tuple[int, ...]
     grid: dict[str, list[Any]] = field(default_factory=dict)
     zip: dict[str, list[Any]] = field(default_factory=dict)
+    search: dict[str, Dimension] = field(default_factory=dict)
+    objective: str | None = None
+    direction: str | None = None
+
+    @property
+    def is_search(self) -> bool:
+        """Whether the study samples its runs (``reglab tune``) rather than listing them."""
+        return bool(self.search)
+
+    def trial_data(self, params: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """The config mapping of one trial of a search: ``base`` with each ``{path: value}`` of ``params`` set,
+        named ``name``, on the study's seed (not validated; :func:`parse_config` it).
+
+        Raises:
+            ConfigError: a path crosses a value that is not a mapping or list, or a list index out of range.
+        """
+        data = dict(self.base)
+        for path, value in params.items():
+            data = set_path(data, path, value)
+        return deep_merge(data, {"name": name, "train": {"seed": self.seeds[0]}})
 
     @property
     def named_variants(self) -> bool:
@@ -71,8 +109,14 @@ class Study:
         """The run configs (variant × grid × zip × seed), each validated, duplicates (same config hash) dropped.
 
         Raises:
-            ConfigError: a run's config is invalid; the message names the variant and axis values.
+            ConfigError: a run's config is invalid; the message names the variant and axis values; or the study is
+                a search, whose runs are sampled by ``reglab tune``.
         """
+        if self.is_search:
+            raise ConfigError(
+                f"study {self.name!r} is a search (it has 'search'): its runs are sampled; run it with "
+                "`reglab tune STUDY.yaml --trials N`"
+            )
         runs, seen = [], set()
         for variant, overrides in self.variants.items():
             for point in self.points():
@@ -135,7 +179,7 @@ def _axes(data: Mapping[str, Any], key: str) -> dict[str, list[Any]]:
 
 def is_study(data: Mapping[str, Any]) -> bool:
     """Whether a config mapping is a study (has ``base`` or ``variants``) rather than a single run."""
-    return any(key in data for key in ("base", "variants", "grid", "zip"))
+    return any(key in data for key in ("base", "variants", "grid", "zip", "search"))
 
 
 def parse_study(data: Mapping[str, Any]) -> Study:
@@ -143,7 +187,9 @@ def parse_study(data: Mapping[str, Any]) -> Study:
 
     Raises:
         ConfigError: an unknown top-level key, a missing ``study`` name, variants that are not
-            mappings, or seeds that are not non-negative ints.
+            mappings, seeds that are not non-negative ints; for a search, a bad dimension
+            (:func:`~reglab.experiments.search.parse_search`), a missing or malformed ``objective`` or
+            ``direction``, or variants, grid, zip or several seeds alongside ``search``.
     """
     for key in data:
         if key not in _STUDY_KEYS:
@@ -170,7 +216,37 @@ def parse_study(data: Mapping[str, Any]) -> Study:
         )
     if set(grid) & set(zipped):
         raise ConfigError(f"study: {sorted(set(grid) & set(zipped))} appear in both 'grid' and 'zip'")
-    return Study(name, dict(base), {k: dict(v or {}) for k, v in variants.items()}, tuple(seeds), grid, zipped)
+    search, objective, direction = _search(data, seeds)
+    variants = {k: dict(v or {}) for k, v in variants.items()}
+    return Study(name, dict(base), variants, tuple(seeds), grid, zipped, search, objective, direction)
+
+
+def _search(data: Mapping[str, Any], seeds: list[int]) -> tuple[dict[str, Dimension], str | None, str | None]:
+    """The ``search``, ``objective`` and ``direction`` of a study mapping (empty and None for a plain study)."""
+    if "search" not in data:
+        for key in ("objective", "direction"):
+            if key in data:
+                raise ConfigError(f"study: {key!r} belongs to a search study; add 'search' or remove {key!r}")
+        return {}, None, None
+    search = parse_search(data["search"])
+    mixed = [key for key in ("variants", "grid", "zip") if data.get(key)]
+    if mixed:
+        raise ConfigError(
+            f"study: 'search' cannot be combined with {mixed}: a search samples its runs; give the alternatives "
+            "as choices, e.g. search: {optimizer.name: {choices: [sgd, adam]}}"
+        )
+    if len(seeds) != 1:
+        raise ConfigError(f"study: a search trains each trial once, on one seed; give seeds: [S], got {seeds!r}")
+    objective, direction = data.get("objective"), data.get("direction")
+    split, _, metric = objective.partition("/") if isinstance(objective, str) else ("", "", "")
+    if split not in ("train", "test", "probe") or not metric:
+        raise ConfigError(
+            f"study: 'objective' must name a metric the runs log as split/name (train/..., test/... or probe/...), "
+            f"e.g. 'test/accuracy'; got {objective!r}"
+        )
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"study: 'direction' must be minimize or maximize, got {direction!r}")
+    return search, objective, direction
 
 
 def load_study(path: str | Path) -> Study:
