@@ -300,7 +300,9 @@ def check_names(cfg: RunConfig) -> None:
         for name, value in spec.kwargs.items():
             _check_numbers_are_numbers(value, f"{path}.{name}")
         provided = RUN_ARGUMENTS if key in FILLED_FIELDS else ()
-        registry.check_kwargs(spec.name, spec.kwargs, field=path, complete=True, provided=provided)
+        # every optimizer takes no_weight_decay: the runner turns it into param groups (reglab.optim.param_groups)
+        kwargs = optim.split_no_weight_decay(spec.kwargs, path)[0] if key == "optimizer" else spec.kwargs
+        registry.check_kwargs(spec.name, kwargs, field=path, complete=True, provided=provided)
 
 
 def parse_config(data: Mapping[str, Any]) -> RunConfig:

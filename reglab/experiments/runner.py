@@ -117,7 +117,7 @@ def _build(cfg: RunConfig) -> Built:
     loss = make("loss", losses.get, losses.REGISTRY, loss_spec)
     terms = [make(f"penalties[{i}]", penalties.get, penalties.REGISTRY, p) for i, p in enumerate(cfg.penalties)]
     penalty = sum(terms[1:], terms[0]) if terms else None
-    optimizer = make("optimizer", optim.get, optim.REGISTRY, cfg.optimizer, model.parameters())
+    optimizer = _make_optimizer(cfg, model, make)
     if cfg.train.precision == "fp16" and not supports_grad_scaler(optimizer):
         raise ConfigError(
             f"train.precision: fp16 needs a gradient scaler, which {cfg.optimizer.name!r} does not support (it "
@@ -129,6 +129,23 @@ def _build(cfg: RunConfig) -> Built:
     if cfg.schedule is not None:
         scheduler = make("schedule", optim.get_schedule, optim.SCHEDULES, cfg.schedule, optimizer)
     return Built(task, model, loss, penalty, optimizer, augment.compose(augs), probes, scheduler)
+
+
+def _make_optimizer(cfg: RunConfig, model: nn.Module, make: Callable[..., Any]) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` over ``model``: over ``model.parameters()``, or over the two param groups of
+    :func:`reglab.optim.weight_decay_groups` when the entry has ``no_weight_decay`` (a wrapper hands them to its
+    base; the Muon family splits them again by dimension)."""
+    kwargs, no_decay = optim.split_no_weight_decay(cfg.optimizer.kwargs)
+    if no_decay is None:
+        return make("optimizer", optim.get, optim.REGISTRY, cfg.optimizer, model.parameters())
+    groups = _make("optimizer", optim.weight_decay_groups, model, no_decay)
+    optimizer = make("optimizer", optim.get, optim.REGISTRY, Spec(name=cfg.optimizer.name, **kwargs), groups)
+    if "weight_decay" not in optimizer.defaults:
+        raise ConfigError(
+            f"optimizer.no_weight_decay: {cfg.optimizer.name!r} has no weight_decay to exclude parameters from; "
+            "remove no_weight_decay"
+        )
+    return optimizer
 
 
 def for_each_run(configs: Sequence[RunConfig], check: Callable[[RunConfig], T]) -> list[T]:

@@ -28,6 +28,12 @@ from reglab.optim.orthogonal import (
     split_params,
 )
 from reglab.optim.orthograd import OrthoGrad, orthogonal_gradient
+from reglab.optim.param_groups import (
+    NO_WEIGHT_DECAY_KEYWORDS,
+    no_weight_decay_names,
+    split_no_weight_decay,
+    weight_decay_groups,
+)
 from reglab.optim.perturbation import (
     AMP,
     ASAM,
@@ -92,6 +98,7 @@ __all__ = [
     "GradNormRecorder",
     "LinearSchedule",
     "MupParam",
+    "NO_WEIGHT_DECAY_KEYWORDS",
     "OptimizerWrapper",
     "OrthoGrad",
     "RefinedSchedule",
@@ -105,7 +112,10 @@ __all__ = [
     "mup_init_",
     "mup_param_groups",
     "mup_table",
+    "no_weight_decay_names",
     "orthogonal_gradient",
     "refined_schedule",
     "requires_closure",
+    "split_no_weight_decay",
+    "weight_decay_groups",
 ]

@@ -22,7 +22,9 @@ writes only its matrix direction.
   ``use_muon=False`` groups take ``lr``, ``betas``, ``eps`` and ``weight_decay``
   from ``adamw_lr``, ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay``
   unless the group sets them. The keys of a group without the flag apply to its
-  matrix half only; its other half gets the AdamW settings.
+  matrix half only; its other half gets the AdamW settings, except a
+  ``weight_decay`` of 0 (the excluded group of ``weight_decay_groups``), which
+  holds on both halves.
 
 Every group keeps its own ``lr``, so learning-rate schedulers scale both kinds.
 The AdamW step is ``torch.optim.AdamW``'s own functional kernel (same bits).

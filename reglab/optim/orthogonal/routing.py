@@ -8,17 +8,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from reglab.core.errors import ConfigError
+from reglab.optim.param_groups import EMBEDDING_TYPES, NORM_TYPES
 
 DEFAULT_HEAD_NAMES: tuple[str, ...] = ("head", "lm_head", "classifier", "fc_out")
 
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-_EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
 def split_params(
@@ -84,7 +77,7 @@ def split_params(
         elif (
             name in force_adamw
             or p.ndim < 2
-            or isinstance(owner.get(id(p)), _EMBEDDING_TYPES + _NORM_TYPES)
+            or isinstance(owner.get(id(p)), EMBEDDING_TYPES + NORM_TYPES)
             or id(p) in head_ids
         ):
             others.append(p)
@@ -121,7 +114,12 @@ def _head_modules(model: nn.Module, head: str | None, head_names: tuple[str, ...
 
 
 def route_params(params: Any) -> list[dict[str, Any]]:
-    """Parameter groups with a ``use_muon`` flag from a module, a tensor list or a list of dicts."""
+    """Parameter groups with a ``use_muon`` flag from a module, a tensor list or a list of dicts.
+
+    A dict without the flag is split by dimension: its keys go to the matrix half, and the other half gets the
+    AdamW settings, except ``weight_decay = 0`` (a group of :func:`reglab.optim.param_groups.weight_decay_groups`
+    excluded from decay), which holds on both halves.
+    """
     if isinstance(params, nn.Module):
         return _two_groups(*split_params(params))
     if isinstance(params, Tensor):
@@ -137,8 +135,10 @@ def route_params(params: Any) -> list[dict[str, Any]]:
                 continue
             ps = [group["params"]] if isinstance(group.get("params"), Tensor) else list(group.get("params", ()))
             rest = {k: v for k, v in group.items() if k != "params"}
-            groups += [{**rest, "params": [p for p in ps if p.ndim >= 2], "use_muon": True}]
-            groups += [{"params": [p for p in ps if p.ndim < 2], "use_muon": False}]
+            others: dict[str, Any] = {"params": [p for p in ps if p.ndim < 2], "use_muon": False}
+            if rest.get("weight_decay", None) == 0:  # an exclusion from decay (weight_decay_groups) holds on both
+                others["weight_decay"] = 0.0
+            groups += [{**rest, "params": [p for p in ps if p.ndim >= 2], "use_muon": True}, others]
         return [g for g in groups if not _empty(g)]
     if all(isinstance(x, Tensor) for x in items):
         return _two_groups([p for p in items if p.ndim >= 2], [p for p in items if p.ndim < 2])
