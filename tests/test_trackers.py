@@ -325,6 +325,17 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
         MLflowTracker(tmp_path / "mlruns")
     with pytest.raises(ConfigError, match="--mlflow: the MLflow tracking URI is empty"):
         MLflowTracker("")
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    with pytest.raises(ConfigError, match=r"--mlflow='sqlite:///m.db': MLflow's SQL store needs sqlalchemy"):
+        MLflowTracker("sqlite:///m.db")
+
+
+def test_a_param_longer_than_mlflow_takes_is_cut_to_its_limit(tmp_path):
+    store = Store(tmp_path / "r.db")
+    store.add_listener(MLflowTracker(tmp_path / "mlruns", experiment="e"))
+    run_id = store.create_run({"note": "x" * 7000, "lr": 0.1}, name="long", config_hash="h")
+    params = mlflow_runs(str(tmp_path / "mlruns"), "e")[run_id].data.params
+    assert params == {"note": "x" * trackers.MLFLOW_MAX_PARAM, "lr": "0.1"}
 
 
 def test_a_deleted_experiment_is_refused(tmp_path):

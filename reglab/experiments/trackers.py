@@ -34,7 +34,7 @@ variable ``MLFLOW_ALLOW_FILE_STORE`` is true, so this module sets it to
 ``true`` when the user has not set it (the file store is the MLflow store that
 needs no server and no database, and reglab writes only params, tags and
 metrics, which it fully supports). ``sqlite:///path.db`` is MLflow's SQL store
-(it needs ``sqlalchemy`` and ``alembic``); ``http(s)://`` a tracking server.
+(it needs ``sqlalchemy`` and ``alembic``, in the extra too); ``http(s)://`` a tracking server.
 
 Example::
 
@@ -95,6 +95,10 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "value",
     "config",
 )
+
+#: MLflow's longest param value and tag value (``mlflow.utils.validation``); longer ones are cut to these.
+MLFLOW_MAX_PARAM = 6000
+MLFLOW_MAX_TAG = 8000
 
 #: reglab's final statuses in MLflow's terms (``reglab.status`` keeps the reglab one).
 MLFLOW_STATUS = {"done": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -271,7 +275,8 @@ class MLflowTracker:
     """Write every run of a store to MLflow: one MLflow run per reglab run, in one experiment.
 
     A run created through the store becomes an MLflow run named like it, with the flattened config as params
-    (:func:`flatten_config`; a value longer than MLflow's 6000 characters is truncated by MLflow) and the
+    (:func:`flatten_config`; a value longer than MLflow's limit, :data:`MLFLOW_MAX_PARAM` characters, is cut
+    to it) and the
     tags listed in the module docstring; each metric row is logged as ``split/name`` (:func:`mlflow_key`) at
     its step; a finished run is terminated with its status. A run this tracker has not seen created (resumed
     in a new process) continues the MLflow run tagged with the same store and run id, or gets a new one.
@@ -308,7 +313,7 @@ class MLflowTracker:
                 except ImportError as exc:
                     raise ConfigError(
                         f"{option}={self.uri!r}: MLflow's SQL store needs {module} ({exc}); run "
-                        "`pip install sqlalchemy alembic`, or give a directory (MLflow's file store)"
+                        f"`{_INSTALL}`, or give a directory (MLflow's file store)"
                     ) from exc
         try:
             from mlflow.entities import Metric, Param, RunTag
@@ -375,7 +380,7 @@ class MLflowTracker:
         }
         start = record.started or record.created or time.time()
         run = self.client.create_run(self.experiment_id, start_time=int(start * 1000), tags=tags, run_name=record.name)
-        params = [Param(k, v) for k, v in flatten_config(record.config).items()]
+        params = [Param(k, v[:MLFLOW_MAX_PARAM]) for k, v in flatten_config(record.config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         return run.info.run_id
@@ -413,7 +418,7 @@ class MLflowTracker:
         run = self._mlflow_run(store, record.id, record)
         self.client.set_tag(run, "reglab.status", record.status)
         if record.error:
-            self.client.set_tag(run, "reglab.error", record.error[:5000])
+            self.client.set_tag(run, "reglab.error", record.error[:MLFLOW_MAX_TAG])
         end = int((record.ended or time.time()) * 1000)
         self.client.set_terminated(run, status=MLFLOW_STATUS.get(record.status, "FINISHED"), end_time=end)
 
