@@ -40,6 +40,12 @@ class ReportSection:
     order: int
 
 
+def _is_tensor_state(value: Any) -> bool:
+    if value is None or torch.is_tensor(value):
+        return True
+    return isinstance(value, Mapping) and all(torch.is_tensor(v) for v in value.values())
+
+
 class Probe(Callback, abc.ABC):
     """A callback that measures every ``every`` steps (and at the last step) and logs to split ``probe``.
 
@@ -95,6 +101,18 @@ class Probe(Callback, abc.ABC):
     @abc.abstractmethod
     def measure(self, trainer: Any) -> dict[str, float]:
         """The numbers to log at this step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this probe: its private attributes (``_name``) that hold tensors, mappings
+        of tensors or None — the reference points a probe takes at its first measurement (the initial weights and
+        kernel of ``ntk_change``, a fixed example subset). A probe whose state is something else overrides this
+        and :meth:`load_state_dict`."""
+        return {k: v for k, v in vars(self).items() if k.startswith("_") and _is_tensor_state(v)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run continues with the same reference points)."""
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def _record(self, trainer: Any, step: int) -> None:
         for name, value in self.measure(trainer).items():

@@ -10,7 +10,8 @@ kwargs>}``; a penalty's weight is the key ``weight``::
     penalties: [{name: l2, weight: 1.0e-4}]
     optimizer: {name: adam, lr: 1.0e-3}
     augment: [{name: gaussian_noise, std: 0.05}]
-    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0, device: auto, precision: "32", threads: 1}
+    train: {steps: 2000, batch_size: 128, eval_every: 200, seed: 0, device: auto, precision: "32", threads: 1,
+            clip_grad_norm: 1.0, accumulate: 1, checkpoint_every: 500}
     probes: [{name: weight_norm, every: 100}]
 
 Unknown keys and unknown method names raise :class:`~reglab.core.ConfigError`
@@ -65,6 +66,18 @@ class TrainSpec(BaseModel):
     #: torch's CPU threads while the run is built and trained (``torch.set_num_threads``); CPU results depend on
     #: it, so ``reglab run`` and every sweep backend use this count, never the machine's or the pool's
     threads: int = Field(1, ge=1)
+    #: clip the total gradient norm to this before each optimizer step (None: no clipping)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    #: micro-batches of ``batch_size`` per optimizer step (gradient accumulation)
+    accumulate: int = Field(1, ge=1)
+    #: write a checkpoint every this many steps, next to the store (None: none); not part of the config hash,
+    #: since a resumed run is bitwise the uninterrupted one
+    checkpoint_every: int | None = Field(None, ge=1)
+
+    @field_validator("clip_grad_norm", mode="before")
+    @classmethod
+    def _clip_as_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -73,7 +86,17 @@ class TrainSpec(BaseModel):
 
 
 #: ``train`` keys added after stores existed; left out of the config hash at their defaults so old hashes hold.
-_NEW_TRAIN_DEFAULTS = {"device": "auto", "precision": "32", "num_workers": 0, "threads": 1}
+_NEW_TRAIN_DEFAULTS = {
+    "device": "auto",
+    "precision": "32",
+    "num_workers": 0,
+    "threads": 1,
+    "clip_grad_norm": None,
+    "accumulate": 1,
+}
+
+#: ``train`` keys that do not change a run's numbers, never hashed.
+_UNHASHED_TRAIN_KEYS = ("checkpoint_every",)
 
 
 class RunConfig(BaseModel):
@@ -198,8 +221,10 @@ def _canonical(cfg: RunConfig) -> dict[str, Any]:
     if data.get("schedule") is None:  # configs written before schedules existed keep their hashes
         data.pop("schedule", None)
     for key, default in _NEW_TRAIN_DEFAULTS.items():  # so do configs written before devices existed
-        if data["train"].get(key) == default:
+        if key in data["train"] and data["train"][key] == default:
             data["train"].pop(key)
+    for key in _UNHASHED_TRAIN_KEYS:
+        data["train"].pop(key, None)
 
     def fill(registry: Registry, spec: dict[str, Any]) -> dict[str, Any]:
         filled = {**registry.defaults(spec["name"]), **spec}

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -17,6 +18,7 @@ from reglab.core import Callback, ConfigError, Penalty, Registry, ReglabError, s
 from reglab.experiments.config import RUN_ARGUMENTS, RunConfig, Spec
 from reglab.experiments.store import Store
 from reglab.train import Row, Trainer
+from reglab.train.checkpoint import Checkpoints
 from reglab.train.device import Precision, resolve_device
 from reglab.train.step import supports_grad_scaler
 
@@ -175,9 +177,15 @@ def build_all(configs: Sequence[RunConfig]) -> list[Built]:
 
 
 def make_trainer(
-    cfg: RunConfig, built: Built, *, callbacks: Sequence[Callback] = (), sink: Callable[[list[Row]], None] | None = None
+    cfg: RunConfig,
+    built: Built,
+    *,
+    callbacks: Sequence[Callback] = (),
+    sink: Callable[[list[Row]], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> Trainer:
-    """The :class:`~reglab.train.Trainer` of ``cfg``'s ``train`` section over ``built``, with its probes."""
+    """The :class:`~reglab.train.Trainer` of ``cfg``'s ``train`` section over ``built``, with its probes
+    (checkpointing into ``checkpoints`` every ``train.checkpoint_every`` steps when both are given)."""
     return Trainer(
         built.task,
         built.model,
@@ -196,6 +204,10 @@ def make_trainer(
         device=cfg.train.device,
         precision=cfg.train.precision,
         num_workers=cfg.train.num_workers,
+        clip_grad_norm=cfg.train.clip_grad_norm,
+        accumulate=cfg.train.accumulate,
+        checkpoint_every=cfg.train.checkpoint_every if checkpoints is not None else None,
+        checkpoints=checkpoints,
     )
 
 
@@ -223,9 +235,17 @@ def train(
     built: Built | None = None,
     callbacks: Sequence[Callback] = (),
     sink: Callable[[list[Row]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    on_resume: Callable[[int], None] | None = None,
 ) -> tuple[RunOutcome, list[Row]]:
     """Train ``cfg`` (from ``built``, else built here); returns what happened and every metric row
     ``(step, split, name, value)``.
+
+    Checkpoints: with ``train.checkpoint_every`` the run writes checkpoints into ``checkpoint_dir`` (which must
+    then be given); with ``resume`` it first continues from the newest readable checkpoint there, if any, and
+    calls ``on_resume(step)`` with the step it continues from (a store deletes the rows logged after it). The
+    returned rows are then the whole run's, those before the checkpoint included.
 
     Training runs with ``train.threads`` CPU threads, after Python's, NumPy's
     and torch's global generators are seeded with ``train.seed`` again, so the
@@ -236,10 +256,17 @@ def train(
     start = time.perf_counter()
     outcome, history = RunOutcome(None, cfg.run_name, cfg.train.seed, "failed"), []
     try:
+        checkpoints = _checkpoints(cfg, checkpoint_dir)
         built = build(cfg) if built is None else built
         with torch_threads(cfg.train.threads):
             seed_everything(cfg.train.seed)
-            result = make_trainer(cfg, built, callbacks=callbacks, sink=sink).fit()
+            trainer = make_trainer(cfg, built, callbacks=callbacks, sink=sink, checkpoints=checkpoints)
+            state = checkpoints.latest() if resume and checkpoints is not None else None
+            if state is not None:
+                trainer.load_state_dict(state)
+                if on_resume is not None:
+                    on_resume(trainer.step)
+            result = trainer.fit()
         outcome.status = "diverged" if result.status == "diverged" else "done"
         outcome.steps, outcome.diverged_at, outcome.final = result.steps, result.diverged_at, result.final
         history = result.history
@@ -249,6 +276,25 @@ def train(
         outcome.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
     outcome.seconds = time.perf_counter() - start
     return outcome, history
+
+
+def _checkpoints(cfg: RunConfig, folder: str | Path | None) -> Checkpoints | None:
+    """The run's checkpoint folder, checked writable (None without ``train.checkpoint_every`` or a folder)."""
+    if cfg.train.checkpoint_every is None:
+        return None
+    if folder is None:
+        raise ConfigError(
+            "train.checkpoint_every: checkpoints are written next to a store; run with a store "
+            "(reglab run CONFIG --store DB), or give checkpoint_dir"
+        )
+    return Checkpoints(folder, config_hash=cfg.config_hash())
+
+
+def checkpoint_dir(store: Store | str | Path, run_id: int) -> Path:
+    """Where the checkpoints of run ``run_id`` of a store go: ``<store path without suffix>.checkpoints/<id>``
+    (``runs.db`` -> ``runs.checkpoints/7``)."""
+    path = Path(store.path if isinstance(store, Store) else store)
+    return path.with_name(path.stem + ".checkpoints") / str(run_id)
 
 
 def open_run(store: Store, cfg: RunConfig, study: str | None) -> int:
@@ -270,6 +316,22 @@ def close_run(store: Store, run_id: int, outcome: RunOutcome) -> None:
     store.finish_run(run_id, outcome.status, step=outcome.diverged_at or outcome.steps, error=outcome.error)
 
 
+#: Statuses of a run that can be continued from its checkpoint (besides a stale ``running`` one).
+RESUMABLE_STATUSES = ("interrupted",)
+
+
+def resumable_run(store: Store, cfg: RunConfig, study: str | None) -> int | None:
+    """The id of the newest run of ``cfg`` (same config hash and study) that was interrupted or whose process died
+    while ``running`` (stale) and that has a checkpoint to continue from, or None."""
+    for record in sorted(store.find(cfg.config_hash()), key=lambda r: r.id, reverse=True):
+        if record.study != study or not (record.status in RESUMABLE_STATUSES or record.stale):
+            continue
+        folder = checkpoint_dir(store, record.id)
+        if folder.is_dir() and any(folder.glob("step-*.pt")):
+            return record.id
+    return None
+
+
 def execute(
     cfg: RunConfig,
     store: Store | None = None,
@@ -277,18 +339,36 @@ def execute(
     study: str | None = None,
     built: Built | None = None,
     callbacks: Sequence[Callback] = (),
+    resume: bool = False,
 ) -> RunOutcome:
     """Train the run ``cfg`` describes in this process (from ``built``, e.g. by :func:`build_all`, else built
-    here), streaming its metrics into ``store`` (if given).
+    here), streaming its metrics into ``store`` (if given), with its checkpoints (``train.checkpoint_every``) in
+    :func:`checkpoint_dir`.
+
+    With ``resume`` a run of the same config that was interrupted or killed (:func:`resumable_run`) continues from
+    its last checkpoint, in its own row: the rows it logged after that checkpoint are deleted and logged again,
+    the ones before are kept. Without one, a new run starts.
 
     See :func:`train` for how failures end. Ctrl-C marks the run
     ``interrupted`` and re-raises.
     """
     if store is None:
         return train(cfg, built=built, callbacks=callbacks)[0]
-    run_id = open_run(store, cfg, study)
+    run_id = resumable_run(store, cfg, study) if resume else None
+    if run_id is None:
+        run_id = open_run(store, cfg, study)
+    else:
+        store.start_run(run_id)
     try:
-        outcome, _ = train(cfg, built=built, callbacks=callbacks, sink=lambda rows: store.log_metrics(run_id, rows))
+        outcome, _ = train(
+            cfg,
+            built=built,
+            callbacks=callbacks,
+            sink=lambda rows: store.log_metrics(run_id, rows),
+            checkpoint_dir=checkpoint_dir(store, run_id),
+            resume=resume,
+            on_resume=lambda step: store.delete_metrics(run_id, after=step),
+        )
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", error="interrupted by the user")
         raise

@@ -376,6 +376,9 @@ class StoreListener(Protocol):
     def run_finished(self, store: Store, record: RunRecord) -> None:
         """A run ended with a final status (its record has the status, step, end time and error)."""
 
+    # Optional: ``rows_deleted(store, run_id, after)``, told that a run's rows at steps > ``after`` were removed
+    # (a run resumed from the checkpoint of step ``after`` logs them again); a listener without it is not told.
+
 
 class StoreListenerWarning(RuntimeWarning):
     """A store listener raised and was detached; the store itself has every row."""
@@ -598,8 +601,11 @@ class Store:
     def _notify(self, event: str, *args: Any) -> None:
         """Call ``event`` on every listener; one that raises is detached with a warning and the others still run."""
         for listener in list(self._listeners):
+            method = getattr(listener, event, None)
+            if method is None:  # an optional event this listener does not take
+                continue
             try:
-                getattr(listener, event)(self, *args)
+                method(self, *args)
             except Exception as exc:  # a tracker's failure must not fail the run whose rows are already stored
                 self.remove_listener(listener)
                 warnings.warn(
@@ -723,6 +729,15 @@ class Store:
             self._exists(conn, run_id)
             conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def delete_metrics(self, run_id: int, *, after: int) -> int:
+        """Remove the metric rows of a run logged at steps greater than ``after`` (a run resumed from the
+        checkpoint of step ``after`` logs them again); returns how many were removed."""
+        run_id = self._run_id(run_id)
+        after = _as_int(after, "after")
+        with self._write() as conn:
+            self._exists(conn, run_id)
+            return conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, after)).rowcount
 
     def run(self, run_id: int) -> RunRecord:
         """The record of one run."""

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from reglab.core import ConfigError, MissingContextError, Penalty, StepContext
+from reglab.core.validation import check_float, check_int
 from reglab.optim import requires_closure
 from reglab.train.device import Precision
 
@@ -40,6 +41,13 @@ def _check_can_provide(model: nn.Module, penalty: Penalty | None, loss_fn: objec
             raise MissingContextError(f"penalty {', '.join(users)} needs 'indices'; pass batches as (x, y, indices)")
         if "indices" in getattr(loss_fn, "needs", ()):
             raise MissingContextError(f"loss {type(loss_fn).__name__} needs 'indices'; pass batches as (x, y, indices)")
+
+
+def _micro_batches(tensor: Tensor | None, parts: int) -> list[Tensor | None]:
+    """``tensor`` cut into ``parts`` equal pieces along its first dimension (``parts`` Nones for None)."""
+    if tensor is None:
+        return [None] * parts
+    return [tensor] if parts == 1 else list(tensor.chunk(parts))
 
 
 def grad_norm(parameters: Sequence[Tensor]) -> float:
@@ -77,6 +85,8 @@ def train_step(
     step: int = 0,
     precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> dict[str, float]:
     """Take one optimizer step on ``batch`` and return what happened.
 
@@ -106,6 +116,21 @@ def train_step(
     of every evaluation, skips the step if any pass has an inf/NaN gradient
     and updates the scaler once). ``grad_norm`` is always the unscaled norm.
 
+    Gradient clipping: with ``clip_grad_norm`` C, every gradient the closure
+    computes is scaled by ``min(1, C / (||g|| + 1e-6))`` (the rule of
+    ``torch.nn.utils.clip_grad_norm_``; under a scaler the scaled gradient is
+    clipped at ``C * scale``, the same thing) before the optimizer reads it;
+    ``grad_norm`` is the norm before clipping. For the SAM family this clips
+    the gradient the update uses; the first gradient only sets the direction
+    of the perturbation, which its normalization makes blind to the clip.
+
+    Gradient accumulation: with ``accumulate`` K the batch is cut into K equal
+    micro-batches (after augmentation) and each evaluation of the objective
+    runs forward and backward on each in turn with the objective scaled by
+    1/K, so the gradient is the whole batch's (up to float rounding; a model
+    with BatchNorm normalizes each micro-batch by its own statistics, as in
+    any accumulation loop). The record's numbers are the micro-batch means.
+
     Args:
         model: the model, in train mode.
         batch: ``(x, y)`` or ``(x, y, indices)``.
@@ -114,6 +139,8 @@ def train_step(
         penalty: a penalty or a sum of penalties, or None.
         augment: a batch augmentation, or None.
         step: the step number put in the context.
+        clip_grad_norm: clip the total gradient norm to this (> 0), or None.
+        accumulate: micro-batches per step (>= 1); the batch size must be a multiple of it.
 
     Returns:
         ``{"loss": data loss, "objective": loss + penalties, "penalty/<name>": each
@@ -127,6 +154,9 @@ def train_step(
         penalty = None  # sum([]) of no penalties
     if penalty is not None and not isinstance(penalty, Penalty):
         raise ConfigError(f"penalty must be a reglab Penalty (or None), got {type(penalty).__name__}")
+    check_int("accumulate", accumulate, 1)
+    if clip_grad_norm is not None:
+        check_float("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
     inputs, targets, indices = unpack_batch(batch)
     if augment is not None:
         inputs, targets = augment(inputs, targets)
@@ -145,26 +175,32 @@ def train_step(
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
     record: dict[str, float] = {}
 
-    def closure() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        x = inputs.detach().requires_grad_(True) if differentiable and not inputs.requires_grad else inputs
+    if accumulate > 1 and targets.shape[0] % accumulate:
+        raise ConfigError(
+            f"train.accumulate={accumulate} must divide the batch of {targets.shape[0]} examples into equal "
+            "micro-batches; choose a batch size that is a multiple of it"
+        )
+    chunks = list(zip(*(_micro_batches(t, accumulate) for t in (inputs, targets, indices)), strict=True))
+
+    def objective_of(x_in: Tensor, y: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        x = x_in.detach().requires_grad_(True) if differentiable and not x_in.requires_grad else x_in
         with autocast():
             if "features" in needs:
                 features = model.features(x)
                 outputs = model.head(features)
             else:
                 features, outputs = None, model(x)
-            loss = loss_fn(outputs, targets, indices=indices) if loss_takes_indices else loss_fn(outputs, targets)
+            loss = loss_fn(outputs, y, indices=idx) if loss_takes_indices else loss_fn(outputs, y)
             objective = loss
             terms: dict[str, Tensor] = {}
             if penalty is not None:
                 ctx = StepContext(
                     model=model,
-                    inputs=inputs,
-                    targets=targets,
+                    inputs=x_in,
+                    targets=y,
                     outputs=outputs if "outputs" in needs else None,
                     features=features,
-                    indices=indices if "indices" in needs else None,
+                    indices=idx if "indices" in needs else None,
                     loss_fn=loss_fn if "loss_fn" in needs else None,
                     step=step,
                     differentiable_inputs=x if differentiable else None,
@@ -172,15 +208,29 @@ def train_step(
                 terms = penalty.breakdown(ctx)
                 for value in terms.values():
                     objective = objective + value
-        (scaler.scale(objective) if scaler is not None else objective).backward()
+        return loss, objective, terms
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective = None
+        terms: dict[str, Tensor] = {}
+        for x_in, y, idx in chunks:
+            part_loss, part_objective, part_terms = objective_of(x_in, y, idx)
+            scaled = part_objective / accumulate if accumulate > 1 else part_objective
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if accumulate == 1:
+                loss, objective, terms = part_loss, part_objective, part_terms
+                continue
+            loss = part_loss.detach() / accumulate + (0 if loss is None else loss)
+            objective = part_objective.detach() / accumulate + (0 if objective is None else objective)
+            terms = {k: v.detach() / accumulate + terms.get(k, 0) for k, v in part_terms.items()}
+        norm = _grad_norm_tensor(params) if not record or clip_grad_norm is not None else None
         if not record:
-            norm = _grad_norm_tensor(params)
-            if norm is not None and scaler is not None:
-                norm = norm / scaler.get_scale()
+            unscaled = norm / scaler.get_scale() if norm is not None and scaler is not None else norm
             # one host transfer for every number of the record
             values = [loss.detach(), objective.detach(), *(v.detach() for v in terms.values())]
-            if norm is not None:
-                values.append(norm)
+            if unscaled is not None:
+                values.append(unscaled)
             values = [v.reshape(()) for v in values]  # a loss or penalty may return a 1-element vector
             device, dtype = values[0].device, values[0].dtype
             if any(v.device != device or v.dtype != dtype for v in values):  # e.g. a float64 penalty
@@ -188,7 +238,12 @@ def train_step(
             numbers = torch.stack(values).tolist()
             record["loss"], record["objective"] = numbers[0], numbers[1]
             record.update({f"penalty/{k}": numbers[2 + i] for i, k in enumerate(terms)})
-            record["grad_norm"] = numbers[-1] if norm is not None else 0.0
+            record["grad_norm"] = numbers[-1] if unscaled is not None else 0.0
+        if clip_grad_norm is not None and norm is not None:
+            limit = clip_grad_norm * (scaler.get_scale() if scaler is not None else 1.0)
+            coefficient = torch.clamp(limit / (norm + 1e-6), max=1.0)
+            grads = [p.grad for p in params if p.grad is not None]
+            torch._foreach_mul_(grads, coefficient.to(grads[0].device))
         return objective
 
     if requires_closure(optimizer):

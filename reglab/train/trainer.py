@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from reglab.core import Callback, ConfigError, Penalty, ShapeError
-from reglab.core.validation import check_int
+from reglab.core.validation import check_float, check_int
 from reglab.losses import MSE
 from reglab.tasks import IndexedDataset, Task, as_tensors
+from reglab.train.checkpoint import CheckpointError, Checkpoints, rng_state, set_rng_state
 from reglab.train.device import Precision, move_batch, resolve_device
 from reglab.train.step import train_step
 
@@ -80,20 +81,49 @@ def _optimizer_to(optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(optimizer.state_dict())
 
 
-def epoch_batches(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
+def epoch_batches(n: int, size: int, generator: torch.Generator, start: int = 0) -> Iterator[Tensor]:
     """The training order, endless: each epoch ``torch.randperm(n, generator)`` cut into index tensors of ``size``,
     the last incomplete batch dropped; with ``size >= n`` (full batch) every example in order, and no draw.
 
-    The in-memory path indexes its tensors with these batches and the streamed path hands them (as lists) to its
-    DataLoader as the batch sampler, so the same seed gives the same batches on both.
+    ``start`` batches are skipped (the epochs before them are drawn and dropped), so the order of a run resumed
+    after ``start`` steps continues where it stopped. The in-memory path indexes its tensors with these batches and
+    the streamed path hands them (as lists) to its DataLoader as the batch sampler, so the same seed gives the same
+    batches on both.
     """
-    while True:
-        if size >= n:
+    if size >= n:
+        while True:
             yield torch.arange(n)
-            continue
+    per_epoch = n // size
+    skipped_epochs, skip = divmod(start, per_epoch)
+    for _ in range(skipped_epochs):
+        torch.randperm(n, generator=generator)
+    while True:
         order = torch.randperm(n, generator=generator)
-        for i in range(0, n - size + 1, size):
+        for i in range(skip * size, n - size + 1, size):
             yield order[i : i + size]
+        skip = 0
+
+
+def _module_state(obj: Any) -> dict[str, Any] | None:
+    """The state dict of a module (a stateful loss, penalty or augmentation), None for anything else."""
+    return obj.state_dict() if isinstance(obj, nn.Module) else None
+
+
+def _on_device(state: Any, device: torch.device) -> Any:
+    """``state`` with every tensor in it (nested in dicts, lists and tuples) moved to ``device``."""
+    if torch.is_tensor(state):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _on_device(v, device) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_device(v, device) for v in state)
+    return state
+
+
+def _callback_state(callback: Callback) -> dict[str, Any] | None:
+    """A callback's own ``state_dict()`` if it has one, else None (stateless)."""
+    state_dict = getattr(callback, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
 
 
 class Trainer:
@@ -161,6 +191,11 @@ class Trainer:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
         precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (not on a CPU).
         num_workers: DataLoader worker processes for a streamed task, >= 0 (0: read in this process).
+        clip_grad_norm: clip the total gradient norm to this before each step, or None (see :func:`train_step`).
+        accumulate: micro-batches of ``batch_size`` per optimizer step, >= 1 (a step reads ``accumulate *
+            batch_size`` examples, the same ones a batch that large would be).
+        checkpoint_every: write a checkpoint into ``checkpoints`` every this many steps and at the end, or None.
+        checkpoints: a :class:`~reglab.train.checkpoint.Checkpoints` folder (needed with ``checkpoint_every``).
 
     Raises:
         ConfigError: an argument is out of range, or the device is not present.
@@ -187,6 +222,10 @@ class Trainer:
         device: str | torch.device = "auto",
         precision: str = "32",
         num_workers: int = 0,
+        clip_grad_norm: float | None = None,
+        accumulate: int = 1,
+        checkpoint_every: int | None = None,
+        checkpoints: Checkpoints | None = None,
     ):
         check_int("steps", steps, 0)
         check_int("eval_every", eval_every, 1)
@@ -195,6 +234,13 @@ class Trainer:
         check_int("num_workers", num_workers, 0)
         if log_every is not None:
             check_int("log_every", log_every, 1)
+        check_int("accumulate", accumulate, 1)
+        if clip_grad_norm is not None:
+            check_float("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
+        if checkpoint_every is not None:
+            check_int("checkpoint_every", checkpoint_every, 1)
+            if checkpoints is None:
+                raise ConfigError("checkpoint_every needs checkpoints=Checkpoints(folder), the folder to write to")
         if batch_size != "full" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"batch_size must be an int >= 1 or 'full', got {batch_size!r}")
         self.device = resolve_device(device)
@@ -207,10 +253,14 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.sink, self.scheduler, self.seed = sink, scheduler, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.clip_grad_norm, self.accumulate = clip_grad_norm, accumulate
+        self.checkpoint_every, self.checkpoints = checkpoint_every, checkpoints
         self.step = 0
         self.history: list[Row] = []
         self._pending: list[Row] = []
         self._stop_reason: str | None = None
+        self._final: dict[str, float] = {}
+        self._resumed = False
         for obj in (model, loss, penalty, augment):
             _to_device(obj, self.device)
         _optimizer_to(optimizer)
@@ -287,7 +337,9 @@ class Trainer:
         self._pending = []
 
     # -- data ---------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, *, order: torch.Generator | None = None) -> Any:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, *, order: torch.Generator | None = None, start: int = 0
+    ) -> Any:
         """Batches of ``dataset`` on the device, each moved with ``non_blocking``: in order, or, given an ``order``
         generator, shuffled for training (:func:`epoch_batches`; workers seeded from the run's seed)."""
         loader_args: dict[str, Any] = dict(
@@ -300,7 +352,7 @@ class Trainer:
         if order is None:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_args)
         else:  # one loader for the whole run: its workers' random streams continue from epoch to epoch
-            batches = (b.tolist() for b in epoch_batches(len(dataset), batch_size, order))
+            batches = (b.tolist() for b in epoch_batches(len(dataset), batch_size, order, start))
             loader = DataLoader(dataset, batch_sampler=batches, **loader_args)  # type: ignore[arg-type]
         return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
@@ -376,29 +428,97 @@ class Trainer:
 
     # -- training -----------------------------------------------------------
     def _batches(self, generator: torch.Generator):
+        """The training batches from step ``self.step`` on (one per step, :func:`epoch_batches`)."""
         n = len(self.task.train)  # type: ignore[arg-type]
-        size = n if self.batch_size == "full" else min(self.batch_size, n)
-        if self.streamed:
-            yield from self._loader(self.task.train, size, order=generator)  # endless: every epoch, one loader
+        size = n if self.batch_size == "full" else min(self.batch_size * self.accumulate, n)
+        if self.streamed:  # endless: every epoch, one loader
+            yield from self._loader(self.task.train, size, order=generator, start=self.step)
         x, y, idx = self._train  # idx is arange(n), so a batch's indices are b itself
         on_cpu = x.device.type == "cpu"
-        for b in epoch_batches(n, size, generator):
+        for b in epoch_batches(n, size, generator, self.step):
             if size == n:
                 yield x, y, idx
             else:
                 b = b if on_cpu else b.to(x.device)
                 yield x[b], y[b], b
 
+    # -- checkpoints ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bitwise where this one is: the step, the model, the
+        optimizer (a wrapper with its base), the schedule, the loss, penalty and augmentation when they are modules
+        (their per-example state), the gradient scaler, each callback's ``state_dict()`` (probes keep their
+        reference points), every global generator (:func:`~reglab.train.checkpoint.rng_state`), the metric rows
+        logged so far and the ones not yet sent to the sink, and the last evaluation. The batch order is
+        recomputed from the seed and the step (:func:`epoch_batches`)."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "loss": _module_state(self.loss_fn),
+            "penalty": _module_state(self.penalty),
+            "augment": _module_state(self.augment),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": [_callback_state(cb) for cb in self.callbacks],
+            "rng": rng_state(),
+            "history": list(self.history),
+            "pending": list(self._pending),
+            "final": dict(self._final),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next :meth:`fit` continues from ``state["step"]`` without evaluating
+        step 0 again or calling ``on_train_begin``.
+
+        Raises:
+            CheckpointError: the state does not fit this trainer (another model, optimizer or schedule).
+        """
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            _optimizer_to(self.optimizer)
+            for obj, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler")):
+                if obj is not None and state.get(key) is not None:
+                    obj.load_state_dict(state[key])
+            for obj, key in ((self.loss_fn, "loss"), (self.penalty, "penalty"), (self.augment, "augment")):
+                if isinstance(obj, nn.Module) and state.get(key) is not None:
+                    obj.load_state_dict(state[key])
+                    obj.to(self.device)
+            saved = state.get("callbacks") or []
+            for cb, cb_state in zip(self.callbacks, saved):
+                if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+                    cb.load_state_dict(_on_device(cb_state, self.device))
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint does not fit this run: {type(err).__name__}: {err}") from None
+        self.step = int(state["step"])
+        self.history = [tuple(r) for r in state["history"]]
+        self._pending = [tuple(r) for r in state["pending"]]
+        self._final = dict(state["final"])
+        self._rng = state["rng"]
+        self._resumed = True
+
+    def _checkpoint(self) -> None:
+        if self.checkpoint_every is not None and (self.step % self.checkpoint_every == 0 or self.step == self.steps):
+            self.checkpoints.save(self.state_dict(), self.step)
+
     def fit(self) -> TrainResult:
-        """Run ``steps`` optimizer steps; returns a :class:`TrainResult` (never raises on divergence)."""
+        """Run optimizer steps up to ``steps`` (from step 0, or from the step :meth:`load_state_dict` restored);
+        returns a :class:`TrainResult` (never raises on divergence)."""
         start = time.perf_counter()
-        self.history, self._pending, self._stop_reason = [], [], None
-        torch.manual_seed(self.seed)
-        batches = self._batches(torch.Generator().manual_seed(self.seed))
+        self._stop_reason = None
         self.model.train()
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        final = self._eval_and_log()
+        if not self._resumed:
+            self.history, self._pending = [], []
+            torch.manual_seed(self.seed)
+            batches = self._batches(torch.Generator().manual_seed(self.seed))
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            self._final = self._eval_and_log()
+        else:
+            batches = self._batches(torch.Generator().manual_seed(self.seed))
+            set_rng_state(self._rng)
+        self._resumed = False
+        final = self._final
         status, diverged_at = "done", None
         while self.step < self.steps:
             record = train_step(
@@ -411,6 +531,8 @@ class Trainer:
                 step=self.step,
                 precision=self.precision,
                 scaler=self.scaler,
+                clip_grad_norm=self.clip_grad_norm,
+                accumulate=self.accumulate,
             )
             self.step += 1
             if self.scheduler is not None:
@@ -426,13 +548,14 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, record)
             if self.step % self.eval_every == 0 or self.step == self.steps or self._stop_reason:
-                final = self._eval_and_log()
+                final = self._final = self._eval_and_log()
                 if not _is_finite(final, ("/loss",)):
                     status, diverged_at = "diverged", self.step
                     break
             if self._stop_reason:
                 status = "stopped"
                 break
+            self._checkpoint()
         result = TrainResult(
             status, self.step, diverged_at, final, self.history, time.perf_counter() - start, self._stop_reason
         )
