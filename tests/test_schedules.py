@@ -44,10 +44,11 @@ def _lrs(sched, opt, steps: int, group: int = 0) -> list[float]:
 
 
 def test_registry_members():
-    assert SCHEDULES.names() == ["constant", "linear", "refined", "warmup_cosine"]
+    assert SCHEDULES.names() == ["constant", "linear", "onecycle", "refined", "warmup_cosine"]
     assert all(SCHEDULES.describe().values())
     assert SCHEDULES.required("linear") == ["total_steps"]
     assert SCHEDULES.required("refined") == ["grad_norms"]
+    assert SCHEDULES.required("onecycle") == ["total_steps"]
 
 
 def test_constant_keeps_each_groups_lr():
@@ -86,6 +87,194 @@ def test_warmup_cosine_factors_by_hand():
     assert got[6] == pytest.approx(0.55, **EXACT)
     assert got[8] == pytest.approx(0.1 + 0.45 * (1 - c), **EXACT)
     assert got[10] == pytest.approx(0.1, **EXACT) and got[11] == pytest.approx(0.1, **EXACT)
+
+
+# -- 1cycle ----------------------------------------------------------------------------------------
+
+
+def _lr_and_momentum(sched, opt, steps: int) -> list[tuple[float, ...]]:
+    """(lr, momentum or beta1) of every group, for optimizer steps 0..steps-1."""
+    out = []
+    for _ in range(steps):
+        out.append(
+            tuple(
+                x
+                for g in opt.param_groups
+                for x in (g["lr"], g["betas"][0] if "betas" in g else g.get("momentum", float("nan")))
+            )
+        )
+        opt.step()
+        sched.step()
+    return out
+
+
+def _groups(*lrs: float) -> list[dict]:
+    return [{"params": [nn.Parameter(torch.zeros(2, dtype=torch.float64))], "lr": lr} for lr in lrs]
+
+
+ONECYCLE_CASES = {
+    "cos": {},
+    "linear": {"anneal_strategy": "linear", "pct_start": 0.4},
+    "three-phase": {"three_phase": True, "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0},
+    "momenta": {"base_momentum": 0.8, "max_momentum": 0.9, "pct_start": 0.1},
+    "no-cycling": {"cycle_momentum": False},
+}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("case", ONECYCLE_CASES, ids=list(ONECYCLE_CASES))
+def test_onecycle_matches_torch_onecyclelr_at_every_step(optimizer, case):
+    """Two groups with their own peaks (max_lr as a list), 37 steps: lr and momentum (SGD) or beta1 (Adam)."""
+    kwargs = ONECYCLE_CASES[case]
+    make = {
+        "sgd": lambda: torch.optim.SGD(_groups(0.4, 0.1), lr=0.4, momentum=0.9),
+        "adam": lambda: torch.optim.Adam(_groups(0.4, 0.1), lr=0.4, betas=(0.9, 0.99)),
+    }[optimizer]
+    ours_opt, torch_opt = make(), make()
+    ours = get_schedule("onecycle", ours_opt, total_steps=37, **kwargs)  # max_lr: each group's lr
+    theirs = torch.optim.lr_scheduler.OneCycleLR(torch_opt, max_lr=[0.4, 0.1], total_steps=37, **kwargs)
+    got, want = _lr_and_momentum(ours, ours_opt, 37), _lr_and_momentum(theirs, torch_opt, 37)
+    assert np.allclose(got, want, rtol=1e-13, atol=0, equal_nan=True)
+    assert got[0][0] == pytest.approx(0.4 / kwargs.get("div_factor", 25.0), **EXACT)
+    peak = max(range(37), key=lambda t: got[t][0])
+    assert got[peak][0] == pytest.approx(0.4, rel=0.02)
+    if kwargs.get("cycle_momentum", True):  # momentum at its base where the lr peaks, at its max at both ends
+        assert got[0][1] == kwargs.get("max_momentum", 0.95) and got[-1][1] == pytest.approx(got[0][1], **EXACT)
+        assert min(g[1] for g in got) == pytest.approx(kwargs.get("base_momentum", 0.85), rel=0.02)
+    else:
+        assert {g[1] for g in got} == {0.9}
+    if optimizer == "adam":
+        assert {ours_opt.param_groups[0]["betas"][1]} == {0.99}  # beta2 is left alone
+
+
+def test_onecycle_final_value_holds_after_total_steps():
+    opt = torch.optim.SGD(_groups(1.0), lr=1.0)
+    sched = get_schedule("onecycle", opt, total_steps=10, cycle_momentum=False)
+    lrs = _lrs(sched, opt, 14)
+    assert lrs[9:] == pytest.approx([1.0 / 25 / 1e4] * 5, **EXACT)
+    assert lrs[0] == pytest.approx(1.0 / 25, **EXACT)
+    assert lrs[2] == pytest.approx(1.0, **EXACT)  # a = 0.3 * 10 - 1 = 2: the peak
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no optimizer steps here
+def test_onecycle_drives_a_wrapper_through_its_base_groups():
+    """SAM over SGD: the wrapper's param groups are the base's, so the schedule and torch's agree on the base."""
+    from reglab.optim import SAM
+
+    model = nn.Linear(3, 2).double()
+    wrapped = SAM(model.parameters(), base={"name": "sgd", "lr": 0.2, "momentum": 0.9}, rho=0.05)
+    assert wrapped.param_groups is wrapped.base.param_groups
+    plain = torch.optim.SGD(nn.Linear(3, 2).double().parameters(), lr=0.2, momentum=0.9)
+    ours = get_schedule("onecycle", wrapped, total_steps=20)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(plain, max_lr=0.2, total_steps=20)
+    got = []
+    for _ in range(20):
+        got.append((wrapped.base.param_groups[0]["lr"], wrapped.base.param_groups[0]["momentum"]))
+        ours.step()
+    want = []
+    for _ in range(20):
+        want.append((plain.param_groups[0]["lr"], plain.param_groups[0]["momentum"]))
+        plain.step()
+        theirs.step()
+    assert np.allclose(got, want, rtol=1e-13, atol=0)
+    assert wrapped.param_groups[0]["sam_rho"] == 0.05  # the wrapper's own keys are untouched
+
+
+def test_onecycle_on_muon_cycles_each_group_on_its_own_peak_and_momentum_key():
+    from reglab.optim import Muon
+
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    opt = Muon(model.parameters(), lr=0.02, momentum=0.95, adamw_lr=3e-3, adamw_betas=(0.9, 0.95))
+    assert [g["use_muon"] for g in opt.param_groups] == [True, False]
+    sched = get_schedule("onecycle", opt, total_steps=30, pct_start=0.2)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.SGD(_groups(1.0), lr=1.0, momentum=0.9), max_lr=1.0, total_steps=30, pct_start=0.2
+    )
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    for _ in range(30):
+        factor = reference.optimizer.param_groups[0]["lr"]  # the 1cycle shape at peak 1
+        momentum = reference.optimizer.param_groups[0]["momentum"]
+        matrix, adamw = opt.param_groups
+        assert matrix["lr"] == pytest.approx(0.02 * factor, rel=1e-12)
+        assert adamw["lr"] == pytest.approx(3e-3 * factor, rel=1e-12)
+        assert matrix["momentum"] == pytest.approx(momentum, rel=1e-12) and "betas" not in matrix
+        assert adamw["betas"] == pytest.approx((momentum, 0.95), rel=1e-12)  # (its unused "momentum" stays)
+        train_step(model, (x, y), _half_mse, opt)
+        sched.step()
+        reference.optimizer.step()
+        reference.step()
+
+
+def test_onecycle_state_dict_resumes_lr_and_momentum():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+
+    def make(**kw):
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        return opt, get_schedule("onecycle", opt, **{"total_steps": 16, **kw})
+
+    opt, sched = make()
+    for _ in range(6):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        sched.step()
+    buffer = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    opt2, sched2 = make(total_steps=50, max_lr=3.0, base_momentum=0.5)  # other settings: the loaded state wins
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    assert _lr_and_momentum(sched2, opt2, 10) == _lr_and_momentum(sched, opt, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"total_steps": 0}, "total_steps must be an int >= 1"),
+        ({"total_steps": 10, "pct_start": 1.5}, "pct_start must be in"),
+        ({"total_steps": 10, "pct_start": 0.6, "three_phase": True}, "pct_start must be <= 0.5 with three_phase"),
+        ({"total_steps": 10, "anneal_strategy": "cosine"}, "anneal_strategy"),
+        ({"total_steps": 10, "max_lr": [0.1, 0.2, 0.3]}, r"max_lr must be a number or a list of 2 \(one per param"),
+        ({"total_steps": 10, "max_lr": 0.0}, "max_lr must be > 0"),
+        ({"total_steps": 10, "base_momentum": 1.0}, r"base_momentum must be in \[0, 1\)"),
+        ({"total_steps": 10, "max_momentum": [0.9, 1.2]}, r"max_momentum\[1\] must be in"),
+        ({"total_steps": 10, "div_factor": 0}, "div_factor must be > 0"),
+        ({"total_steps": 10, "cycle_momentum": 1}, "cycle_momentum must be"),
+    ],
+)
+def test_onecycle_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        get_schedule("onecycle", _opt(0.1, 0.2), **kwargs)
+
+
+def test_onecycle_refuses_to_cycle_a_momentum_that_does_not_exist():
+    opt = torch.optim.Adagrad(_groups(0.1), lr=0.1)
+    with pytest.raises(
+        ConfigError, match="no param group of Adagrad has a 'momentum' or 'betas'.*cycle_momentum=False"
+    ):
+        get_schedule("onecycle", opt, total_steps=5)
+    sched = get_schedule("onecycle", opt, total_steps=5, cycle_momentum=False)
+    assert _lrs(sched, opt, 1) == pytest.approx([0.1 / 25], **EXACT)
+
+
+def test_onecycle_from_a_config_peaks_at_the_optimizer_lr():
+    from reglab.experiments import build, parse_config
+
+    cfg = parse_config(
+        {
+            "task": {"name": "two_moons", "n": 64, "n_test": 32},
+            "model": {"name": "mlp", "width": 8},
+            "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+            "schedule": {"name": "onecycle", "pct_start": 0.5},
+            "train": {"steps": 10},
+        }
+    )
+    built = build(cfg)
+    assert built.scheduler.total_steps == 10 and built.scheduler.max_lrs == [0.5]
+    assert _lrs(built.scheduler, built.optimizer, 10)[4] == pytest.approx(0.5, **EXACT)  # a = 0.5 * 10 - 1 = 4
 
 
 # -- refinement -----------------------------------------------------------------------------------
@@ -193,6 +382,7 @@ def test_schedule_drives_a_wrapper_through_its_base_param_groups():
         ("linear", {"total_steps": 9, "warmup_steps": 3, "final": 0.2}),
         ("warmup_cosine", {"total_steps": 9, "warmup_steps": 2, "min_factor": 0.05}),
         ("refined", {"grad_norms": [3.0, 1.0, 2.0, 2.0, 1.5, 1.0, 1.2, 2.5, 3.0, 1.0], "smoothing": 0.3}),
+        ("onecycle", {"total_steps": 12, "pct_start": 0.25, "three_phase": True}),
     ],
 )
 def test_state_dict_round_trip_continues_identically(name, kwargs):
@@ -213,6 +403,7 @@ def test_state_dict_round_trip_continues_identically(name, kwargs):
     opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     # a fresh scheduler built with other settings: the loaded state must replace them
     other = {"grad_norms": [1.0, 1.0, 1.0]} if name == "refined" else {}
+    other = {"total_steps": 40, "pct_start": 0.5, "three_phase": False} if name == "onecycle" else other
     sched2 = get_schedule(name, opt2, **{**kwargs, **other})
     opt2.load_state_dict(saved["opt"])
     sched2.load_state_dict(saved["sched"])

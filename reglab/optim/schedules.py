@@ -12,6 +12,9 @@ Members of ``SCHEDULES`` (build with ``get_schedule(name, optimizer, **kwargs)``
 - ``constant``: ``factor(t) = 1``.
 - ``linear``: linear warmup then linear decay to ``final`` at ``total_steps``.
 - ``warmup_cosine``: linear warmup then cosine decay to ``min_factor`` at ``total_steps``.
+- ``onecycle``: Smith & Topping's 1cycle (:class:`OneCycleSchedule`), the lr up to
+  its peak and down far below while the momentum cycles the other way; unlike
+  the factor schedules it also sets each group's momentum (``momentum`` or beta1).
 - ``refined``: the gradient-norm refinement of Defazio et al. (2023), from the
   gradient norms of an earlier run (:func:`refined_schedule`,
   :class:`GradNormRecorder`).
@@ -37,7 +40,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
 from reglab.core import Callback, ConfigError, Registry, ShapeError
-from reglab.core.validation import check_float, check_int
+from reglab.core.validation import check_bool, check_choice, check_float, check_int
 
 SCHEDULES = Registry("schedule", positional=("optimizer",))
 
@@ -170,6 +173,166 @@ class WarmupCosineSchedule(FactorSchedule):
             return _warmup(step, self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _per_group(name: str, value: Any, n: int, check: Any) -> list[float]:
+    """``value`` (a number, or a list with one number per param group) as ``n`` checked floats."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ConfigError(
+                f"{name} must be a number or a list of {n} (one per param group), got {len(value)} values"
+            )
+        return [check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return [check(name, value)] * n
+
+
+def _momentum_key(group: dict[str, Any]) -> str | None:
+    """Which key of ``group`` holds its momentum: ``betas`` (beta1 cycles), ``momentum``, or None."""
+    if isinstance(group.get("betas"), (tuple, list)):
+        return "betas"
+    return "momentum" if "momentum" in group else None
+
+
+@SCHEDULES.register("onecycle")
+class OneCycleSchedule(LRScheduler):
+    """Smith & Topping's 1cycle: the lr rises from ``max_lr / div_factor`` to ``max_lr``, then anneals far below.
+
+    With ``T = total_steps``, ``a = pct_start * T - 1`` and, per param group, ``initial = max_lr / div_factor``
+    and ``min = initial / final_div_factor``, optimizer step ``t`` (0-based) runs with::
+
+        two phases:      t in [0, a]        lr initial -> max_lr    momentum max_momentum -> base_momentum
+                         t in (a, T - 1]    lr max_lr -> min        momentum base_momentum -> max_momentum
+        three_phase:     t in [0, a]        lr initial -> max_lr    momentum max_momentum -> base_momentum
+                         t in (a, 2a]       lr max_lr -> initial    momentum base_momentum -> max_momentum
+                         t in (2a, T - 1]   lr initial -> min       momentum max_momentum
+        x -> y over the phase [s, e]:  anneal(x, y, p), p = (t - s) / (e - s)
+        anneal(x, y, p) = y + (x - y) (1 + cos(pi p)) / 2   ("cos")   or   x + (y - x) p   ("linear")
+
+    so the momentum runs against the lr. These are the phases, formulas and
+    defaults of ``torch.optim.lr_scheduler.OneCycleLR`` (this class reproduces its lr and momentum at every step
+    ``t < T``, see the tests); the differences: ``max_lr`` defaults to each group's own lr (so a config's
+    optimizer ``lr`` is the peak, and Muon's matrix and AdamW groups each peak at their own lr), momentum cycles
+    per group on the key that group has (``betas``: beta1 for the Adam family and Muon's AdamW side;
+    ``momentum``: SGD, the Muon family's matrices; a group with neither is left alone), and from ``t = T - 1``
+    on the lr stays at its minimum instead of torch's error past ``T`` (a phase of length 0 is taken as
+    finished). As in torch, ``SGD`` built with ``momentum = 0`` gets the cycled momentum; set
+    ``cycle_momentum=False`` to keep it off. The hyperparameters and per-group values live in the scheduler,
+    so ``state_dict()``/``load_state_dict()`` resume it (the groups' lr and momentum are in the optimizer's).
+
+    References: Smith & Topping, "Super-Convergence: Very Fast Training of Neural Networks Using Large Learning
+    Rates" (2017/2019); Smith, "A disciplined approach to neural network hyper-parameters: Part 1" (2018).
+
+    Example:
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9)     # lr: the peak
+        >>> sched = get_schedule("onecycle", opt, total_steps=1000)            # 0.016 -> 0.4 -> 1.6e-6
+
+    Args:
+        optimizer: the optimizer whose param groups are scheduled (a wrapper's are its base's).
+        total_steps: number of optimizer steps of the run, >= 1.
+        max_lr: the peak lr, a number or one per group, > 0; None: each group's lr (``initial_lr`` if set).
+        pct_start: fraction of the run spent raising the lr, in [0, 1] (0.3 usual; <= 0.5 with ``three_phase``).
+        anneal_strategy: ``"cos"`` or ``"linear"``.
+        cycle_momentum: cycle the momentum inversely to the lr.
+        base_momentum: momentum at the lr's peak, in [0, 1), a number or one per group (0.85).
+        max_momentum: momentum at the start and end, in [0, 1), a number or one per group (0.95).
+        div_factor: ``max_lr / initial lr``, > 0 (25).
+        final_div_factor: ``initial lr / final lr``, > 0 (1e4).
+        three_phase: fall back to the initial lr symmetrically before the final annihilation (Smith's first shape).
+
+    Raises:
+        ConfigError: an argument out of range, a list of the wrong length, ``pct_start > 0.5`` with
+            ``three_phase``, or ``cycle_momentum`` on an optimizer none of whose groups has a momentum.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        max_lr: float | Sequence[float] | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | Sequence[float] = 0.85,
+        max_momentum: float | Sequence[float] = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+    ):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        groups = optimizer.param_groups
+        self.total_steps = check_int("total_steps", total_steps, 1)
+        self.pct_start = check_float("pct_start", pct_start, 0.0, 1.0)
+        self.anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
+        self.cycle_momentum = check_bool("cycle_momentum", cycle_momentum)
+        self.three_phase = check_bool("three_phase", three_phase)
+        if self.three_phase and self.pct_start > 0.5:
+            raise ConfigError(f"pct_start must be <= 0.5 with three_phase (two rising phases), got {pct_start!r}")
+        div_factor = check_float("div_factor", div_factor, 0.0, low_open=True)
+        final_div_factor = check_float("final_div_factor", final_div_factor, 0.0, low_open=True)
+        self.div_factor, self.final_div_factor = div_factor, final_div_factor
+
+        def positive(name: str, v: Any) -> float:
+            return check_float(name, v, 0.0, low_open=True)
+
+        def unit(name: str, v: Any) -> float:
+            return check_float(name, v, 0.0, 1.0, high_open=True)
+
+        own = [g.get("initial_lr", g["lr"]) for g in groups]
+        self.max_lrs = _per_group("max_lr", own if max_lr is None else max_lr, len(groups), positive)
+        self.initial_lrs = [m / div_factor for m in self.max_lrs]
+        self.min_lrs = [i / final_div_factor for i in self.initial_lrs]
+        self.base_momenta = _per_group("base_momentum", base_momentum, len(groups), unit)
+        self.max_momenta = _per_group("max_momentum", max_momentum, len(groups), unit)
+        self.momentum_keys = [_momentum_key(g) if self.cycle_momentum else None for g in groups]
+        if self.cycle_momentum and not any(self.momentum_keys):
+            raise ConfigError(
+                f"cycle_momentum: no param group of {type(optimizer).__name__} has a 'momentum' or 'betas' to "
+                "cycle; set cycle_momentum=False"
+            )
+        end = float(self.pct_start * self.total_steps) - 1
+        if self.three_phase:
+            self.phases = [
+                (end, "initial", "max"),
+                (2 * end, "max", "initial"),
+                (self.total_steps - 1, "initial", "min"),
+            ]
+        else:
+            self.phases = [(end, "initial", "max"), (self.total_steps - 1, "max", "min")]
+        super().__init__(optimizer)
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _phase(self, step: int) -> tuple[int, float]:
+        """The index of the phase that holds ``step`` and the fraction of it done (1 from ``T - 1`` on)."""
+        start = 0.0
+        for i, (end, _, _) in enumerate(self.phases):
+            if step <= end or i == len(self.phases) - 1:
+                if step >= self.total_steps - 1 or end <= start:
+                    return i, 1.0
+                return i, (step - start) / (end - start)
+            start = end
+        raise AssertionError("unreachable")  # the last phase takes every step
+
+    def get_lr(self) -> list[float | Tensor]:
+        """The lr of each group for step ``last_epoch``; sets each group's momentum for that step as well."""
+        phase, pct = self._phase(self.last_epoch)
+        _, lr_from, lr_to = self.phases[phase]
+        # the momentum mirrors the lr: high while the lr is low, and it stays high in the third phase
+        m_from, m_to = {0: ("max", "base"), 1: ("base", "max"), 2: ("max", "max")}[phase]
+        lrs: list[float | Tensor] = []
+        for i, group in enumerate(self.optimizer.param_groups):
+            levels = {"initial": self.initial_lrs[i], "max": self.max_lrs[i], "min": self.min_lrs[i]}
+            lrs.append(self._anneal(levels[lr_from], levels[lr_to], pct))
+            key = self.momentum_keys[i]
+            if key is not None:
+                moms = {"max": self.max_momenta[i], "base": self.base_momenta[i]}
+                momentum = self._anneal(moms[m_from], moms[m_to], pct)
+                group[key] = (momentum, *group["betas"][1:]) if key == "betas" else momentum
+        return lrs
 
 
 def _as_norms(grad_norms: Sequence[float] | Tensor) -> Tensor:
@@ -456,6 +619,7 @@ __all__ = [
     "FactorSchedule",
     "GradNormRecorder",
     "LinearSchedule",
+    "OneCycleSchedule",
     "RefinedSchedule",
     "WarmupCosineSchedule",
     "get_schedule",
