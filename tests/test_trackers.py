@@ -187,6 +187,43 @@ def test_sweep_local_backend_writes_the_rows_workers_send_back(tmp_path):
     assert len(mlflow_runs(uri, "pool")) == 2
 
 
+def test_tensorboard_opens_a_run_at_its_first_rows_and_closes_it_at_its_end(tmp_path):
+    """A sweep opens every run before the first trains: no event file (and no writer thread) until rows come."""
+    store, tb = Store(tmp_path / "r.db"), TensorBoardTracker(tmp_path / "tb")
+    store.add_listener(tb)
+    run_ids = [store.create_run({}, name=f"r{i}", config_hash=f"h{i}") for i in range(3)]
+    for run_id in run_ids:
+        store.start_run(run_id)
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == []
+    store.log_metrics(run_ids[1], [(0, "train", "loss", 1.0)])
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["2-r1"]
+    assert tensorboard_rows(tmp_path / "tb" / "2-r1") == {(0, "train", "loss"): 1.0}  # flushed as logged
+    store.finish_run(run_ids[1], "done")
+    store.log_metrics(run_ids[1], [(1, "train", "loss", 0.5)])  # a run logged to after its end is opened again
+    store.finish_run(run_ids[1], "done")
+    assert tensorboard_rows(tmp_path / "tb" / "2-r1") == {(0, "train", "loss"): 1.0, (1, "train", "loss"): 0.5}
+    tb.close()
+
+
+@pytest.mark.parametrize("reopened", [False, True], ids=["same-writer", "new-process"])
+def test_tensorboard_drops_the_points_a_resumed_run_replays(tmp_path, reopened):
+    """Rows after step 2 removed and logged again (a resume from the checkpoint of step 2): each step once."""
+    store, tb = Store(tmp_path / "r.db"), TensorBoardTracker(tmp_path / "tb")
+    store.add_listener(tb)
+    run_id = store.create_run({}, name="r", config_hash="h")
+    store.log_metrics(run_id, [(step, "train", "loss", float(step)) for step in range(6)])
+    if reopened:  # the first process ended; the resuming process has its own tracker
+        tb.close()
+        store.remove_listener(tb)
+        tb = TensorBoardTracker(tmp_path / "tb")
+        store.add_listener(tb)
+    assert store.delete_metrics(run_id, after=2) == 3  # what a resume from the checkpoint of step 2 does
+    store.log_metrics(run_id, [(step, "train", "loss", 10.0 + step) for step in (3, 4)])
+    tb.close()
+    want = {(0, "train", "loss"): 0.0, (1, "train", "loss"): 1.0, (2, "train", "loss"): 2.0}
+    assert tensorboard_rows(tmp_path / "tb" / "1-r") == {**want, (3, "train", "loss"): 13.0, (4, "train", "loss"): 14.0}
+
+
 def test_a_run_resumed_in_another_process_continues_its_mlflow_run(tmp_path):
     """A tracker that never saw a run created finds the MLflow run tagged with the same store and run id."""
     store = Store(tmp_path / "r.db")
@@ -388,6 +425,7 @@ def test_listeners_see_committed_writes_as_the_store_holds_them(tmp_path):
     assert seen.events[0] == ("created", run_id, "queued") and seen.events[1] == ("started", run_id, "running")
     assert rows[0] == (1, "train", "loss", 0.5) and type(rows[0][3]) is float and math.isnan(rows[1][3])
     assert seen.events[3] == ("finished", run_id, "done", 2)
+    store._notify("rows_deleted", run_id, 1)  # an optional event: a listener without it is skipped, not detached
     store.remove_listener(seen)
     store.create_run({}, name="r2", config_hash="h2")
     assert len(seen.events) == 4

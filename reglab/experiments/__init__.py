@@ -5,6 +5,7 @@ from reglab.experiments.runner import RunOutcome, build, execute, make_trainer
 from reglab.experiments.store import RunRecord, Store
 from reglab.experiments.study import Study, load_study, parse_study
 from reglab.experiments.sweep import SweepPlan, SweepResult, plan_sweep, run_sweep
+from reglab.experiments.trackers import MLflowTracker, TensorBoardTracker
 
 
 def __getattr__(name: str):  # the report pulls in matplotlib and scipy: import it only when asked for
@@ -19,11 +20,13 @@ __all__ = [
     "RunConfig",
     "RunOutcome",
     "RunRecord",
+    "MLflowTracker",
     "Spec",
     "Store",
     "Study",
     "SweepPlan",
     "SweepResult",
+    "TensorBoardTracker",
     "TrainSpec",
     "build",
     "execute",

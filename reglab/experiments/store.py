@@ -737,7 +737,10 @@ class Store:
         after = _as_int(after, "after")
         with self._write() as conn:
             self._exists(conn, run_id)
-            return conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, after)).rowcount
+            removed = conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, after)).rowcount
+        if self._listeners:
+            self._notify("rows_deleted", run_id, after)
+        return removed
 
     def run(self, run_id: int) -> RunRecord:
         """The record of one run."""

@@ -181,6 +181,12 @@ class TensorBoardTracker:
     ``split/name`` at global step ``step`` (stored as float32; NaN stays NaN); the run's config is the text
     ``reglab/config`` at step 0. Rows are flushed to disk after every :meth:`rows_logged` call.
 
+    A run's writer (a file and a thread) is opened at its first rows and closed when it finishes, so a sweep
+    that opens every run before the first trains holds one writer per run in flight, not one per run; a run
+    that logs no row gets no directory. When the rows after a step are removed from the store (a run resumed
+    from a checkpoint, :meth:`rows_deleted`), a TensorBoard restart marker (``SessionLog.START`` at the next
+    step) makes readers drop the points from that step on, so the replayed steps appear once.
+
     Args:
         logdir: the TensorBoard log directory; created (with its parents) when absent.
         option: the name given in error messages (the CLI option or the field that set ``logdir``).
@@ -200,6 +206,7 @@ class TensorBoardTracker:
         self.option = option
         _check_writable_dir(self.logdir, option)
         self._writers: dict[int, Any] = {}
+        self._purge: dict[int, int] = {}  # run id -> the step a new writer starts from (drops later points)
 
     def __repr__(self) -> str:
         return f"TensorBoardTracker({str(self.logdir)!r})"
@@ -212,24 +219,35 @@ class TensorBoardTracker:
         writer = self._writers.get(run_id)
         if writer is None:
             record = store.run(run_id) if record is None else record
-            writer = self._writer_cls(log_dir=str(self.run_dir(record)), flush_secs=30)
+            purge = self._purge.pop(run_id, None)
+            writer = self._writer_cls(log_dir=str(self.run_dir(record)), flush_secs=30, purge_step=purge)
             writer.add_text("reglab/config", f"```\n{json.dumps(record.config, indent=2)}\n```", global_step=0)
             self._writers[run_id] = writer
         return writer
 
     def run_created(self, store: Store, record: RunRecord) -> None:
-        """Open the run's directory and write its config."""
-        self._writer(store, record.id, record)
+        """Nothing: the run's directory is made with its first rows."""
 
     def run_started(self, store: Store, record: RunRecord) -> None:
-        """Open the run's directory if a previous process created the run (a resumed run)."""
-        self._writer(store, record.id, record)
+        """Nothing: the run's directory is made with its first rows."""
 
     def rows_logged(self, store: Store, run_id: int, rows: list[tuple[int, str, str, float]]) -> None:
         """Write each row as a scalar and flush."""
         writer = self._writer(store, run_id)
         for step, split, name, value in rows:
             writer.add_scalar(f"{split}/{name}", value, global_step=step)
+        writer.flush()
+
+    def rows_deleted(self, store: Store, run_id: int, after: int) -> None:
+        """Mark a restart at step ``after + 1``: readers drop this run's points from that step on."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer = self._writers.get(run_id)
+        if writer is None:  # no file open (e.g. a run resumed by a new process): the next one starts with it
+            self._purge[run_id] = after + 1
+            return
+        restart = Event(step=after + 1, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START))
+        writer.file_writer.add_event(restart)
         writer.flush()
 
     def run_finished(self, store: Store, record: RunRecord) -> None:
@@ -280,6 +298,8 @@ class MLflowTracker:
     tags listed in the module docstring; each metric row is logged as ``split/name`` (:func:`mlflow_key`) at
     its step; a finished run is terminated with its status. A run this tracker has not seen created (resumed
     in a new process) continues the MLflow run tagged with the same store and run id, or gets a new one.
+    MLflow cannot delete metric points: the steps a resumed run replays are in its metric history twice
+    (the later point is the run's latest value).
 
     Args:
         uri: the MLflow tracking URI: a directory or ``file:`` URI (local file store), ``sqlite:///file.db``,
