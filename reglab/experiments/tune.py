@@ -8,8 +8,8 @@ that the pruner can stop a bad trial early. A pruned trial's run ends with
 status ``pruned`` at the step where it stopped; a diverged or failed run is a
 finished trial too (Optuna state FAIL, its store status kept).
 
-Optuna's own record of the search, an SQLite file ``<study>.optuna.db`` beside
-the store (:func:`storage_path`), links each trial to its run (user attribute
+Optuna's own record of the search, an SQLite file ``<store>.<study>.optuna.db``
+beside the store (:func:`storage_path`), links each trial to its run (user attribute
 ``reglab_run_id``) and is what makes a search resumable and what the report
 reads (objective per trial, parameter importances):
 
@@ -93,9 +93,11 @@ TRIAL_STATUSES = ("done", "pruned", "diverged", "failed")
 
 
 def storage_path(store_path: str | os.PathLike[str], study: str) -> Path:
-    """Optuna's SQLite file of the search ``study`` whose runs go to the store at ``store_path``: beside it."""
+    """Optuna's SQLite file of the search ``study`` whose runs go to the store at ``store_path``: beside it, named
+    after both (``runs.db`` and study ``lr`` give ``runs.lr.optuna.db``), so two stores in a folder never share one."""
+    path = Path(store_path).expanduser()
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", study)
-    return Path(store_path).expanduser().parent / f"{slug}.optuna.db"
+    return path.parent / f"{path.stem}.{slug}.optuna.db"
 
 
 def _optuna() -> Any:
@@ -480,6 +482,11 @@ def run_tune(
         raise ConfigError("store: tune needs a store file (its Optuna record is written beside it), not ':memory:'")
     check_search(study)
     optuna = _optuna()
+    if backend == "ray":
+        try:
+            from reglab.experiments import tune_ray
+        except ImportError as err:
+            raise ConfigError(f"backend 'ray' needs Ray Tune: pip install 'reglab[ray]' ({err})") from None
     path = storage_path(store.path, study.name)
     ostudy = _open_study(optuna, study, f"sqlite:///{path}", sampler, pruner, study.seeds[0] if seed is None else seed)
     _recover(optuna, ostudy, store, study.name)
@@ -492,8 +499,6 @@ def run_tune(
             if on_trial is not None:
                 on_trial(record, done + 1, trials)
     else:
-        from reglab.experiments import tune_ray
-
         remaining = trials - len(_finished(optuna, ostudy))
         if remaining > 0:
             tune_ray.run(optuna, ostudy, study, store, remaining, sampler, pruner, workers, result, on_trial, trials)
