@@ -224,6 +224,56 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def tune(
+    study_file: Path = typer.Argument(..., metavar="STUDY", help="a search study YAML (base, search, objective)"),
+    trials: int = typer.Option(..., "--trials", min=1, help="finished trials wanted in total (resumes)"),
+    sampler: str = typer.Option("tpe", help="tpe or random"),
+    pruner: str = typer.Option("median", help="median, hyperband or none (ray: ASHA unless none)"),
+    backend: str = typer.Option("local", help="local (trials one after another here) or ray (Ray Tune with ASHA)"),
+    workers: int = typer.Option(None, help="trials at a time on Ray (default: the number of cores)"),
+    store: Path = typer.Option(Path("runs.db"), help="SQLite result store; the Optuna record goes beside it"),
+    report: Path = typer.Option(None, help="also write an HTML report (with the search section) to this directory"),
+) -> None:
+    """Search a study's hyperparameters with Optuna; every trial is a run in the store, pruned ones 'pruned'.
+
+    Resumable: run the same command again after Ctrl-C or a kill, and it continues to --trials finished trials.
+    """
+    from reglab.experiments.store import Store
+    from reglab.experiments.study import load_study
+    from reglab.experiments.tune import run_tune
+
+    spec = load_study(study_file)
+    with Store(store) as db, _progress() as progress:
+        bar = progress.add_task(escape(f"tune {spec.name} ({backend}, {sampler}, {pruner})"), total=trials)
+
+        def on_trial(record: Any, finished: int, total: int) -> None:
+            progress.update(bar, completed=finished)
+            value = "–" if record.value is None else f"{record.value:.4g}"
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
+            line = f"trial {record.number}: {record.status} {spec.objective}={value} ({params})"
+            progress.console.print(escape(line))
+
+        try:
+            result = run_tune(
+                spec, db, trials=trials, sampler=sampler, pruner=pruner, backend=backend, workers=workers,
+                on_trial=on_trial,
+            )
+        except KeyboardInterrupt:
+            console.print("[red]interrupted: the trial in progress is trained again when you run the same command")
+            raise typer.Exit(130) from None
+    console.print(
+        f"{result.finished} finished trials ({len(result.trials)} now: {result.counts()}) in {result.seconds:.0f} s; "
+        f"optuna record: {result.storage}"
+    )
+    if result.best_value is not None:
+        console.print(
+            escape(f"best {spec.objective} = {result.best_value:.4g} (run {result.best_run_id}): {result.best_params}")
+        )
+    if report is not None:
+        _write_report(store, report, spec.name)
+
+
 def _write_report(store: Path, out: Path, study: str | None) -> None:
     from reglab.experiments.report import write_report
 
