@@ -102,14 +102,30 @@ _TENSORBOARD_HELP = "also write every metric row to TensorBoard event files here
 _MLFLOW_HELP = "also write every run to this MLflow tracking URI (a directory, sqlite:///file.db or a server)"
 
 
-def run_configs(configs: list, store_path: Path, study: str | None, trackers: Sequence = ()) -> list:
+def run_configs(
+    configs: list, store_path: Path, study: str | None, trackers: Sequence = (), *, resume: bool = False
+) -> list:
     """Run configs one after another into the store, with a progress bar per run; all are built (once) first.
 
     ``trackers`` (:mod:`reglab.experiments.trackers`) are attached to the store and get every row it writes.
+    With ``resume``, configs the store already holds a result of (done, diverged) are skipped, and interrupted or
+    killed runs continue from their last checkpoint (:func:`~reglab.experiments.runner.execute`).
     """
-    from reglab.experiments.runner import build_all, execute
+    from reglab.experiments.runner import build_all, check_checkpoint_root, execute
     from reglab.experiments.store import Store
+    from reglab.experiments.sweep import RESULT_STATUSES
 
+    if resume:
+        with Store(store_path) as store:
+            done = {
+                cfg.config_hash()
+                for cfg in configs
+                if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
+            }
+        if done:
+            console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
+        configs = [cfg for cfg in configs if cfg.config_hash() not in done]
+    check_checkpoint_root(configs, store_path)
     built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
     with Store(store_path) as store, _progress() as progress:
@@ -118,7 +134,7 @@ def run_configs(configs: list, store_path: Path, study: str | None, trackers: Se
         for i, cfg in enumerate(configs, 1):
             label = escape(f"[{i}/{len(configs)}] {cfg.run_name} seed {cfg.train.seed}")
             cb = _ProgressCallback(progress, label, cfg.train.steps)
-            outcome = execute(cfg, store, study=study, built=built.popleft(), callbacks=[cb])
+            outcome = execute(cfg, store, study=study, built=built.popleft(), callbacks=[cb], resume=resume)
             outcomes.append(outcome)
             if outcome.status != "done":
                 first = (outcome.error or f"at step {outcome.diverged_at}").splitlines()[0]
@@ -149,6 +165,11 @@ def run(
     report: Path = typer.Option(None, help="also write an HTML report to this directory"),
     tensorboard: Path = typer.Option(None, help=_TENSORBOARD_HELP),
     mlflow: str = typer.Option(None, help=_MLFLOW_HELP),
+    resume: bool = typer.Option(
+        False,
+        help="continue interrupted or killed runs from their last checkpoint (train.checkpoint_every) and skip "
+        "runs the store already has a result of",
+    ),
 ) -> None:
     """Run one config, or every run of a study, and record them in the store."""
     from reglab.experiments.config import parse_config, read_yaml
@@ -159,7 +180,7 @@ def run(
     configs = study.expand() if study else [parse_config(data)]
     with ExitStack() as stack:
         trackers = _open_trackers(stack, tensorboard, mlflow, study.name if study else None)
-        outcomes = run_configs(configs, store, study.name if study else None, trackers)
+        outcomes = run_configs(configs, store, study.name if study else None, trackers, resume=resume)
     console.print(_outcome_table(outcomes))
     if report is not None:
         _write_report(store, report, study.name if study else None)
@@ -407,6 +428,28 @@ def demo(
     console.print(_outcome_table(outcomes))
     _write_report(store, out, study.name)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open {out / 'index.html'}")
+
+
+@app.command("lr-find")
+def lr_find(
+    config: Path = typer.Argument(..., help="a run config, YAML"),
+    start: float = typer.Option(1e-7, help="first learning rate of the ramp"),
+    end: float = typer.Option(10.0, help="last learning rate of the ramp"),
+    steps: int = typer.Option(100, help="steps of the exponential ramp (fewer if the loss diverges)"),
+    out: Path = typer.Option(Path("lr_find.png"), "-o", "--out", help="PNG of the loss against the learning rate"),
+) -> None:
+    """Smith's learning-rate range test: train the config's run with an exponentially rising lr, plot the loss
+    and print the suggested lr (a tenth of the lr of the lowest smoothed loss). Nothing is stored."""
+    from reglab.experiments.config import load_config
+    from reglab.experiments.lr_find import lr_find as range_test
+
+    result = range_test(load_config(config), start=start, end=end, steps=steps, out=out)
+    stopped = {"end": "the ramp ended", "diverged": "the loss diverged", "not finite": "the loss was not finite"}
+    last = f" at lr {result.lrs[-1]:.3g}" if result.lrs else ""
+    console.print(f"{len(result.lrs)} steps; stopped: {stopped[result.stop]}{last}")
+    console.print(f"steepest descent of the smoothed loss: lr {result.steepest:.3g}")
+    console.print(f"suggested lr (lowest smoothed loss / 10): [bold]{result.suggested:.3g}[/bold]")
+    console.print(f"plot: {out}")
 
 
 def main() -> None:

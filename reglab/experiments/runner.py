@@ -290,6 +290,17 @@ def _checkpoints(cfg: RunConfig, folder: str | Path | None) -> Checkpoints | Non
     return Checkpoints(folder, config_hash=cfg.config_hash())
 
 
+def check_checkpoint_root(configs: Sequence[RunConfig], store: Store | str | Path) -> None:
+    """When any of ``configs`` writes checkpoints, check that the folder next to ``store`` can be written, before
+    anything trains.
+
+    Raises:
+        ConfigError: naming ``train.checkpoint_every`` and the folder.
+    """
+    if any(cfg.train.checkpoint_every is not None for cfg in configs):
+        Checkpoints(checkpoint_dir(store, 0).parent)
+
+
 def checkpoint_dir(store: Store | str | Path, run_id: int) -> Path:
     """Where the checkpoints of run ``run_id`` of a store go: ``<store path without suffix>.checkpoints/<id>``
     (``runs.db`` -> ``runs.checkpoints/7``)."""

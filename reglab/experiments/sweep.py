@@ -9,11 +9,15 @@ Resuming and interruption:
 
 - Runs are identified by :meth:`RunConfig.config_hash`. A run whose hash has
   a ``done`` or ``diverged`` row in the store is skipped: re-running a study
-  resumes it. Rows of the same hash that are not results — ``failed``,
-  ``interrupted``, ``queued`` or a ``running`` row whose process is gone
-  (a driver killed with SIGKILL) — are deleted and the run is done again,
-  so each config ends with exactly one row. A ``running`` row whose
-  process is alive belongs to another driver and is left to it.
+  resumes it. An ``interrupted`` run, or a ``running`` one whose process is
+  gone (a driver killed with SIGKILL), that has a checkpoint
+  (``train.checkpoint_every``) continues from it in its own row
+  (:func:`~reglab.experiments.runner.resumable_run`). The other rows of the
+  same hash that are not results — ``failed``, ``interrupted`` or stale
+  without a checkpoint, ``queued`` — are deleted with their checkpoints and
+  the run is done again, so each config ends with exactly one row. A
+  ``running`` row whose process is alive belongs to another driver and is
+  left to it.
 - Every row this driver opens is ``running`` under the driver's pid from
   the start, so a killed driver leaves rows the next sweep recognises as
   stale. Ctrl-C stops the workers and marks the unfinished runs
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -57,10 +62,13 @@ from reglab.experiments.runner import (
     Built,
     RunOutcome,
     build_all,
+    check_checkpoint_root,
     check_machine,
+    checkpoint_dir,
     close_run,
     for_each_run,
     open_run,
+    resumable_run,
     train,
 )
 from reglab.experiments.store import Store
@@ -80,6 +88,8 @@ class SweepPlan:
     skipped: list[RunConfig] = field(default_factory=list)
     busy: list[RunConfig] = field(default_factory=list)
     leftovers: list[int] = field(default_factory=list)
+    #: ``{config hash: run id}`` of the to-do configs that continue an interrupted run from its checkpoint
+    resumed: dict[str, int] = field(default_factory=dict)
 
     @property
     def cleared(self) -> int:
@@ -119,7 +129,10 @@ def plan_sweep(configs: Sequence[RunConfig], store: Store, study: str | None = N
         if any(r.status == "running" and not r.stale for r in records):
             plan.busy.append(cfg)
             continue
-        plan.leftovers += [r.id for r in records]
+        resumed = resumable_run(store, cfg, study)
+        if resumed is not None:
+            plan.resumed[cfg.config_hash()] = resumed
+        plan.leftovers += [r.id for r in records if r.id != resumed]
         plan.todo.append(cfg)
     return plan
 
@@ -141,14 +154,18 @@ def _init_worker() -> None:
     threading.Thread(target=watch, daemon=True, name="reglab-parent-watch").start()
 
 
-def train_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[int, str, str, float]]]:
-    """Worker entry point: train one config (a JSON dict) and return its outcome (as a dict) and metric rows.
+def train_config(
+    config: dict[str, Any], checkpoint_dir: str | None = None, resume: bool = False
+) -> tuple[dict[str, Any], list[tuple[int, str, str, float]]]:
+    """Worker entry point: train one config (a JSON dict) and return its outcome (as a dict) and metric rows
+    (all of them, also those before the checkpoint a resumed run continues from; see
+    :func:`~reglab.experiments.runner.train` for ``checkpoint_dir`` and ``resume``).
 
     Never raises (an error, even one building the config, is a ``failed`` outcome), and returns only plain
     Python values, so nothing needs unpickling in the driver but dicts, lists and numbers.
     """
     try:
-        outcome, history = train(parse_config(config))
+        outcome, history = train(parse_config(config), checkpoint_dir=checkpoint_dir, resume=resume)
     except Exception as err:  # e.g. a method registered in the driver's __main__ only, unknown in a worker
         name = config.get("name") or "run"
         seed = int(config.get("train", {}).get("seed", 0))
@@ -160,18 +177,18 @@ def _failed(name: str, seed: int, error: str) -> dict[str, Any]:
     return RunOutcome(None, name, seed, "failed", error=error).to_dict()
 
 
-def _local(configs: list[dict[str, Any]], workers: int) -> Iterator[tuple[int, tuple[dict, list]]]:
+def _local(configs: list[tuple[dict[str, Any], str, bool]], workers: int) -> Iterator[tuple[int, tuple[dict, list]]]:
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     try:
-        futures = {pool.submit(train_config, c): i for i, c in enumerate(configs)}
+        futures = {pool.submit(train_config, *c): i for i, c in enumerate(configs)}
         for future in as_completed(futures):
             i = futures[future]
             try:
                 yield i, future.result()
             except Exception as err:  # a worker died (BrokenProcessPool: killed by the OS, a crash in native code)
                 error = f"{type(err).__name__}: {err} (a worker process died; the run is re-run by the next sweep)"
-                yield i, (_failed(configs[i].get("name") or "run", configs[i]["train"]["seed"], error), [])
+                yield i, (_failed(configs[i][0].get("name") or "run", configs[i][0]["train"]["seed"], error), [])
     finally:
         processes = list(getattr(pool, "_processes", {}).values())  # no public way to stop running workers
         pool.shutdown(wait=False, cancel_futures=True)
@@ -179,7 +196,9 @@ def _local(configs: list[dict[str, Any]], workers: int) -> Iterator[tuple[int, t
             process.terminate()
 
 
-def _ray(configs: list[dict[str, Any]], workers: int, address: str | None) -> Iterator[tuple[int, tuple[dict, list]]]:
+def _ray(
+    configs: list[tuple[dict[str, Any], str, bool]], workers: int, address: str | None
+) -> Iterator[tuple[int, tuple[dict, list]]]:
     try:
         import ray
     except ImportError:
@@ -204,7 +223,7 @@ def _ray(configs: list[dict[str, Any]], workers: int, address: str | None) -> It
     remote = ray.remote(train_config)
     refs: dict[Any, int] = {}
     try:  # a task reserves the CPUs its run uses
-        refs = {remote.options(num_cpus=c["train"]["threads"]).remote(c): i for i, c in enumerate(configs)}
+        refs = {remote.options(num_cpus=c[0]["train"]["threads"]).remote(*c): i for i, c in enumerate(configs)}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
@@ -213,7 +232,7 @@ def _ray(configs: list[dict[str, Any]], workers: int, address: str | None) -> It
                     yield i, ray.get(ref)
                 except Exception as err:  # the task or its worker failed
                     error = f"{type(err).__name__}: {err}".splitlines()[0]
-                    yield i, (_failed(configs[i].get("name") or "run", configs[i]["train"]["seed"], error), [])
+                    yield i, (_failed(configs[i][0].get("name") or "run", configs[i][0]["train"]["seed"], error), [])
     finally:
         for ref in refs:
             ray.cancel(ref, force=True)
@@ -260,9 +279,11 @@ def run_sweep(
     if address is not None and backend != "ray":
         raise ConfigError(f"address is for the ray backend; got backend={backend!r}")
     plan = plan_sweep(configs, store, study)
+    check_checkpoint_root(plan.todo, store)
     built = deque(_check_todo(plan.todo, backend, workers, address))  # dropped one by one as they train
     for run_id in plan.leftovers:
         store.delete_run(run_id)
+        shutil.rmtree(checkpoint_dir(store, run_id), ignore_errors=True)
     outcomes: list[RunOutcome] = []
     total = len(plan.todo)
 
@@ -272,15 +293,20 @@ def run_sweep(
             on_result(outcome, len(outcomes), total)
 
     # every row is opened (running, this pid) before anything trains, so a second driver sees them as busy
-    run_ids = [open_run(store, cfg, study) for cfg in plan.todo]
+    run_ids = [_reopen(store, plan, cfg) or open_run(store, cfg, study) for cfg in plan.todo]
+    resumed = [cfg.config_hash() in plan.resumed for cfg in plan.todo]
     finished: set[int] = set()
     try:
         if backend == "sequential":
             results: Iterator[tuple[int, tuple[dict, list]]] = (
-                (i, _train_streaming(cfg, built.popleft(), store, run_ids[i])) for i, cfg in enumerate(plan.todo)
+                (i, _train_streaming(cfg, built.popleft(), store, run_ids[i], resumed[i]))
+                for i, cfg in enumerate(plan.todo)
             )
         else:
-            payload = [cfg.model_dump(mode="json") for cfg in plan.todo]
+            payload = [
+                (cfg.model_dump(mode="json"), str(checkpoint_dir(store, run_ids[i])), resumed[i])
+                for i, cfg in enumerate(plan.todo)
+            ]
             results = _local(payload, workers) if backend == "local" else _ray(payload, workers, address)
         for i, (outcome_dict, rows) in results:
             outcome = RunOutcome(**outcome_dict)
@@ -315,7 +341,24 @@ def _check_todo(todo: list[RunConfig], backend: str, workers: int, address: str 
     return []
 
 
-def _train_streaming(cfg: RunConfig, built: Built, store: Store, run_id: int) -> tuple[dict[str, Any], list]:
+def _reopen(store: Store, plan: SweepPlan, cfg: RunConfig) -> int | None:
+    """The id of the interrupted run ``cfg`` continues, marked ``running`` in this process; None for a new run."""
+    run_id = plan.resumed.get(cfg.config_hash())
+    if run_id is not None:
+        store.start_run(run_id)
+    return run_id
+
+
+def _train_streaming(
+    cfg: RunConfig, built: Built, store: Store, run_id: int, resume: bool
+) -> tuple[dict[str, Any], list]:
     """Train ``built`` in this process, streaming metric rows into the run's row as they come."""
-    outcome, _ = train(cfg, built=built, sink=lambda rows: store.log_metrics(run_id, rows))
+    outcome, _ = train(
+        cfg,
+        built=built,
+        sink=lambda rows: store.log_metrics(run_id, rows),
+        checkpoint_dir=checkpoint_dir(store, run_id),
+        resume=resume,
+        on_resume=lambda step: store.delete_metrics(run_id, after=step),
+    )
     return outcome.to_dict(), []

@@ -31,6 +31,10 @@ class CheckpointError(ReglabError):
     """A checkpoint cannot be written or read, or belongs to another config."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint holds the run of another config (its config hash differs)."""
+
+
 def rng_state() -> dict[str, Any]:
     """The state of every global generator a run draws from: torch's (CPU and each CUDA device), Python's
     ``random`` and NumPy's legacy global one, as tensors and plain values (``weights_only``-loadable)."""
@@ -122,7 +126,7 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint {str(path)!r} is not a reglab checkpoint (no 'step')")
         theirs = state.get("config_hash")
         if self.config_hash is not None and theirs != self.config_hash:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"checkpoint {str(path)!r} belongs to config {theirs}, not to this run's config {self.config_hash}; "
                 "resume with the config it was written for, or delete the folder to start over"
             )
@@ -140,9 +144,9 @@ class Checkpoints:
         for _, path in reversed(files):
             try:
                 state = self.load(path)
+            except CheckpointMismatchError:
+                raise
             except CheckpointError as err:
-                if "belongs to config" in str(err):
-                    raise
                 problems.append(str(err))
                 continue
             if problems:
