@@ -452,6 +452,28 @@ def lr_find(
     console.print(f"plot: {out}")
 
 
+@app.command("lr-find")
+def lr_find(
+    config: Path = typer.Argument(..., help="a run config, YAML"),
+    start: float = typer.Option(1e-7, help="first learning rate of the ramp"),
+    end: float = typer.Option(10.0, help="last learning rate of the ramp"),
+    steps: int = typer.Option(100, help="steps of the exponential ramp (fewer if the loss diverges)"),
+    out: Path = typer.Option(Path("lr_find.png"), "-o", "--out", help="PNG of the loss against the learning rate"),
+) -> None:
+    """Smith's learning-rate range test: train the config's run with an exponentially rising lr, plot the loss
+    and print the suggested lr (a tenth of the lr of the lowest smoothed loss). Nothing is stored."""
+    from reglab.experiments.config import load_config
+    from reglab.experiments.lr_find import lr_find as range_test
+
+    result = range_test(load_config(config), start=start, end=end, steps=steps, out=out)
+    stopped = {"end": "the ramp ended", "diverged": "the loss diverged", "not finite": "the loss was not finite"}
+    last = f" at lr {result.lrs[-1]:.3g}" if result.lrs else ""
+    console.print(f"{len(result.lrs)} steps; stopped: {stopped[result.stop]}{last}")
+    console.print(f"steepest descent of the smoothed loss: lr {result.steepest:.3g}")
+    console.print(f"suggested lr (lowest smoothed loss / 10): [bold]{result.suggested:.3g}[/bold]")
+    console.print(f"plot: {out}")
+
+
 def main() -> None:
     """Entry point of the console script: reglab errors print as one clear message and exit 2."""
     try:
