@@ -102,6 +102,22 @@ _TENSORBOARD_HELP = "also write every metric row to TensorBoard event files here
 _MLFLOW_HELP = "also write every run to this MLflow tracking URI (a directory, sqlite:///file.db or a server)"
 
 
+def configs_without_results(configs: list, store_path: Path, study: str | None) -> list:
+    """``configs`` less those the store already has a result of (done, diverged) in ``study``, saying how many."""
+    from reglab.experiments.store import Store
+    from reglab.experiments.sweep import RESULT_STATUSES
+
+    with Store(store_path) as store:
+        done = {
+            cfg.config_hash()
+            for cfg in configs
+            if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
+        }
+    if done:
+        console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
+    return [cfg for cfg in configs if cfg.config_hash() not in done]
+
+
 def run_configs(
     configs: list, store_path: Path, study: str | None, trackers: Sequence = (), *, resume: bool = False
 ) -> list:
@@ -113,18 +129,9 @@ def run_configs(
     """
     from reglab.experiments.runner import build_all, check_checkpoint_root, execute
     from reglab.experiments.store import Store
-    from reglab.experiments.sweep import RESULT_STATUSES
 
     if resume:
-        with Store(store_path) as store:
-            done = {
-                cfg.config_hash()
-                for cfg in configs
-                if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
-            }
-        if done:
-            console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
-        configs = [cfg for cfg in configs if cfg.config_hash() not in done]
+        configs = configs_without_results(configs, store_path, study)
     check_checkpoint_root(configs, store_path)
     built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
@@ -428,28 +435,6 @@ def demo(
     console.print(_outcome_table(outcomes))
     _write_report(store, out, study.name)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open {out / 'index.html'}")
-
-
-@app.command("lr-find")
-def lr_find(
-    config: Path = typer.Argument(..., help="a run config, YAML"),
-    start: float = typer.Option(1e-7, help="first learning rate of the ramp"),
-    end: float = typer.Option(10.0, help="last learning rate of the ramp"),
-    steps: int = typer.Option(100, help="steps of the exponential ramp (fewer if the loss diverges)"),
-    out: Path = typer.Option(Path("lr_find.png"), "-o", "--out", help="PNG of the loss against the learning rate"),
-) -> None:
-    """Smith's learning-rate range test: train the config's run with an exponentially rising lr, plot the loss
-    and print the suggested lr (a tenth of the lr of the lowest smoothed loss). Nothing is stored."""
-    from reglab.experiments.config import load_config
-    from reglab.experiments.lr_find import lr_find as range_test
-
-    result = range_test(load_config(config), start=start, end=end, steps=steps, out=out)
-    stopped = {"end": "the ramp ended", "diverged": "the loss diverged", "not finite": "the loss was not finite"}
-    last = f" at lr {result.lrs[-1]:.3g}" if result.lrs else ""
-    console.print(f"{len(result.lrs)} steps; stopped: {stopped[result.stop]}{last}")
-    console.print(f"steepest descent of the smoothed loss: lr {result.steepest:.3g}")
-    console.print(f"suggested lr (lowest smoothed loss / 10): [bold]{result.suggested:.3g}[/bold]")
-    console.print(f"plot: {out}")
 
 
 @app.command("lr-find")
