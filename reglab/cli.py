@@ -102,22 +102,6 @@ _TENSORBOARD_HELP = "also write every metric row to TensorBoard event files here
 _MLFLOW_HELP = "also write every run to this MLflow tracking URI (a directory, sqlite:///file.db or a server)"
 
 
-def configs_without_results(configs: list, store_path: Path, study: str | None) -> list:
-    """``configs`` less those the store already has a result of (done, diverged) in ``study``, saying how many."""
-    from reglab.experiments.store import Store
-    from reglab.experiments.sweep import RESULT_STATUSES
-
-    with Store(store_path) as store:
-        done = {
-            cfg.config_hash()
-            for cfg in configs
-            if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
-        }
-    if done:
-        console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
-    return [cfg for cfg in configs if cfg.config_hash() not in done]
-
-
 def run_configs(
     configs: list, store_path: Path, study: str | None, trackers: Sequence = (), *, resume: bool = False
 ) -> list:
@@ -129,9 +113,18 @@ def run_configs(
     """
     from reglab.experiments.runner import build_all, check_checkpoint_root, execute
     from reglab.experiments.store import Store
+    from reglab.experiments.sweep import RESULT_STATUSES
 
     if resume:
-        configs = configs_without_results(configs, store_path, study)
+        with Store(store_path) as store:
+            done = {
+                cfg.config_hash()
+                for cfg in configs
+                if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
+            }
+        if done:
+            console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
+        configs = [cfg for cfg in configs if cfg.config_hash() not in done]
     check_checkpoint_root(configs, store_path)
     built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
