@@ -13,6 +13,11 @@ table-sorting script are inline, images are files beside it). It shows:
   stability (λ_max against 2/η), calibration, neural collapse, Lipschitz bounds,
   ranks, weight norm, gradient statistics, and any other metric generically,
   grouped by the prefix of its name (``prefix/metric``);
+- for a search study (``reglab tune``), the search: the objective of every
+  trial against its number (pruned trials at the value they were stopped at,
+  the best so far as a line), the parameter importances and a table of the
+  trials with their parameters and runs, read from the study's Optuna record
+  beside the store (:func:`reglab.experiments.tune.load_search`);
 - the runs that did not finish, with the first line of their error, and every
   run with its config.
 
@@ -589,6 +594,81 @@ def _plot_frame(frame: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, 
     return frame[frame["run_id"].isin(keep)], dimmed
 
 
+#: Marker and colour of each trial status in the search figure.
+_TRIAL_STYLE = {
+    "done": ("o", "tab:blue"),
+    "pruned": ("v", "tab:orange"),
+    "diverged": ("x", "tab:red"),
+    "failed": ("x", "tab:gray"),
+}
+
+
+def search_section(store_path: str | Path, study: str, out: Path, files: _Files) -> dict[str, Any] | None:
+    """The search section of a search study's report (figures written into ``out``), or None when ``study`` has no
+    Optuna record beside the store (not a search, or Optuna not installed)."""
+    from reglab.experiments.tune import load_search
+
+    summary = load_search(store_path, study)
+    if summary is None or not summary.trials:
+        return None
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    ax = fig.subplots()
+    for status, (marker, color) in _TRIAL_STYLE.items():
+        shown = [t for t in summary.trials if t["status"] == status and t["value"] is not None]
+        if shown:
+            xs, ys = [t["number"] for t in shown], [t["value"] for t in shown]
+            ax.scatter(xs, ys, marker=marker, color=color, label=status)
+    complete = [t for t in summary.trials if t["state"] == "complete" and t["value"] is not None]
+    if complete:
+        pick = max if summary.direction == "maximize" else min
+        best, xs, ys = None, [], []
+        for t in complete:
+            best = t["value"] if best is None else pick(best, t["value"])
+            xs.append(t["number"])
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="black", lw=1.0, label="best so far")
+    ax.set_xlabel("trial", fontsize=8)
+    ax.set_ylabel(_plain(summary.objective), fontsize=8)
+    ax.set_title(_plain(f"{summary.objective} per trial ({summary.direction})"), fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.14)
+    figures = [{"file": files("search_objective"), "alt": f"{summary.objective} per trial", "caption": ""}]
+    fig.savefig(out / figures[0]["file"])
+    if summary.importances:
+        names = list(summary.importances)[::-1]
+        fig = Figure(figsize=(5.4, 0.6 + 0.35 * len(names)), dpi=100)
+        ax = fig.subplots()
+        ax.barh([_plain(n) for n in names], [summary.importances[n] for n in names], color="tab:blue")
+        ax.set_xlabel("importance (fANOVA, sums to 1)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.subplots_adjust(left=0.35, right=0.97, top=0.95, bottom=0.6 / (0.6 + 0.35 * len(names)) + 0.05)
+        figures.append({"file": files("search_importance"), "alt": "parameter importances", "caption": ""})
+        fig.savefig(out / figures[1]["file"])
+    params = list(dict.fromkeys(p for t in summary.trials for p in t["params"]))
+    trials = [
+        {
+            "number": t["number"],
+            "status": t["status"],
+            "value": "–" if t["value"] is None else _fmt(t["value"]),
+            "step": _int_or_dash(t["step"]),
+            "params": [_short(t["params"].get(p, "–")) for p in params],
+            "run_id": _int_or_dash(t["run_id"]) + ("" if t["duplicate_of"] is None else f" (as {t['duplicate_of']})"),
+        }
+        for t in summary.trials
+    ]
+    return {
+        "objective": summary.objective,
+        "direction": summary.direction,
+        "figures": figures,
+        "importances": [(k, _fmt(v)) for k, v in summary.importances.items()],
+        "importance_note": summary.importance_note,
+        "params": params,
+        "trials": trials,
+    }
+
+
 def _first_line(text: object) -> str:
     if not isinstance(text, str) or not text.strip():
         return ""
@@ -623,6 +703,7 @@ def write_report(
     """
     own = not isinstance(store, Store)
     store = Store(store) if own else store
+    store_path = store.path
     try:
         frame = store.to_frame(study=study)
         runs = store.runs_frame(study=study)
@@ -682,6 +763,7 @@ def write_report(
             }
         )
 
+    search = search_section(store_path, study, out, files) if study is not None and store_path != ":memory:" else None
     unfinished = [
         {
             "run_id": r["run_id"],
@@ -733,6 +815,7 @@ def write_report(
         learning=learning,
         other=other,
         sections=sections,
+        search=search,
         unfinished=unfinished,
         runs=all_runs,
         has_metrics=bool(len(frame)),

@@ -408,7 +408,7 @@ def _local_trial(optuna: Any, ostudy: Any, study: Study, store: Store, distribut
 
     def report(step: int, value: float) -> str | None:
         trial.report(value, step)
-        if trial.should_prune():
+        if step < cfg.train.steps and trial.should_prune():  # at the last step there is nothing left to save
             return f"pruned by the {label} pruner at step {step}: {study.objective}={value:.6g}"
         return None
 
