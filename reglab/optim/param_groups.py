@@ -195,8 +195,12 @@ def weight_decay_groups(
     ``weight_decay = 0`` holds on both halves of the excluded group.
 
     Example:
+        >>> import torch
+        >>> model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
         >>> groups = weight_decay_groups(model, ["bias", "norm", "embedding"])
-        >>> opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)   # biases, norms, embeddings: no decay
+        >>> opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]  # the Linear weights; the other 5
+        [(2, 0.05), (5, 0.0)]
 
     Args:
         model: the module whose parameters are grouped (all of them, in ``named_parameters()`` order).
