@@ -273,3 +273,22 @@ def test_the_ray_backend_records_every_trial_and_asha_prunes(tmp_path):
         assert (r.step == 20) == (r.status == "done")
     ostudy = optuna.load_study(study_name="s", storage=f"sqlite:///{storage_path(tmp_path / 'runs.db', 's')}")
     assert sorted(t.user_attrs["reglab_run_id"] for t in ostudy.trials) == sorted(r.id for r in runs)
+
+
+@pytest.mark.slow
+def test_reglab_tune_runs_a_search_from_the_command_line_and_resumes_to_more_trials(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from reglab.cli import app
+
+    spec, db = tmp_path / "study.yaml", tmp_path / "runs.db"
+    spec.write_text(yaml.safe_dump(search_study()))
+    command = ["tune", str(spec), "--store", str(db), "--pruner", "none", "--sampler", "random"]
+    first = CliRunner().invoke(app, [*command, "--trials", "2"])
+    assert first.exit_code == 0, first.output
+    assert "2 finished trials (2 now" in first.output and "best test/accuracy" in first.output
+    second = CliRunner().invoke(app, [*command, "--trials", "3"])
+    assert second.exit_code == 0 and "3 finished trials (1 now" in second.output, second.output
+    with Store(db) as store:
+        assert [r.name for r in store.runs()] == ["trial 0", "trial 1", "trial 2"]
