@@ -102,6 +102,22 @@ _TENSORBOARD_HELP = "also write every metric row to TensorBoard event files here
 _MLFLOW_HELP = "also write every run to this MLflow tracking URI (a directory, sqlite:///file.db or a server)"
 
 
+def configs_without_results(configs: list, store_path: Path, study: str | None) -> list:
+    """``configs`` less those the store already has a result of (done, diverged) in ``study``, saying how many."""
+    from reglab.experiments.store import Store
+    from reglab.experiments.sweep import RESULT_STATUSES
+
+    with Store(store_path) as store:
+        done = {
+            cfg.config_hash()
+            for cfg in configs
+            if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
+        }
+    if done:
+        console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
+    return [cfg for cfg in configs if cfg.config_hash() not in done]
+
+
 def run_configs(
     configs: list, store_path: Path, study: str | None, trackers: Sequence = (), *, resume: bool = False
 ) -> list:
@@ -113,18 +129,9 @@ def run_configs(
     """
     from reglab.experiments.runner import build_all, check_checkpoint_root, execute
     from reglab.experiments.store import Store
-    from reglab.experiments.sweep import RESULT_STATUSES
 
     if resume:
-        with Store(store_path) as store:
-            done = {
-                cfg.config_hash()
-                for cfg in configs
-                if any(r.study == study and r.status in RESULT_STATUSES for r in store.find(cfg.config_hash()))
-            }
-        if done:
-            console.print(f"{len(done)} of {len(configs)} runs already have a result in {store_path}; skipped")
-        configs = [cfg for cfg in configs if cfg.config_hash() not in done]
+        configs = configs_without_results(configs, store_path, study)
     check_checkpoint_root(configs, store_path)
     built = deque(build_all(configs))  # each run's objects are dropped once it has trained
     outcomes = []
@@ -170,6 +177,9 @@ def run(
         help="continue interrupted or killed runs from their last checkpoint (train.checkpoint_every) and skip "
         "runs the store already has a result of",
     ),
+    nproc: int = typer.Option(
+        1, help="processes per run (data parallel through torch.distributed: gloo on CPUs, nccl on GPUs)"
+    ),
 ) -> None:
     """Run one config, or every run of a study, and record them in the store."""
     from reglab.experiments.config import parse_config, read_yaml
@@ -178,6 +188,13 @@ def run(
     data = read_yaml(config)
     study = parse_study(data) if is_study(data) else None
     configs = study.expand() if study else [parse_config(data)]
+    if nproc != 1:
+        from reglab.experiments.launch import launch
+
+        code = launch(config, store, nproc, configs, resume=resume, tensorboard=tensorboard, mlflow=mlflow)
+        if report is not None and code == 0:
+            _write_report(store, report, study.name if study else None)
+        raise typer.Exit(code)
     with ExitStack() as stack:
         trackers = _open_trackers(stack, tensorboard, mlflow, study.name if study else None)
         outcomes = run_configs(configs, store, study.name if study else None, trackers, resume=resume)

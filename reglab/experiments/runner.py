@@ -20,6 +20,7 @@ from reglab.experiments.store import Store
 from reglab.train import Row, Trainer
 from reglab.train.checkpoint import Checkpoints
 from reglab.train.device import Precision, resolve_device
+from reglab.train.distributed import world
 from reglab.train.step import supports_grad_scaler
 
 T = TypeVar("T")
@@ -343,6 +344,24 @@ def resumable_run(store: Store, cfg: RunConfig, study: str | None) -> int | None
     return None
 
 
+def share_run_id(run_id: int | None) -> int | None:
+    """In a data-parallel run (``reglab run --nproc``), rank 0's ``run_id``, sent to every rank (the other ranks
+    pass None and get it back); without a process group, ``run_id`` itself."""
+    if world()[1] == 1:
+        return run_id
+    box = [run_id]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def follow(cfg: RunConfig, store_path: str | Path, *, resume: bool = False) -> RunOutcome:
+    """What a rank other than 0 does for each run that rank 0 runs with :func:`execute`: train the same config on
+    its share of every batch, writing nothing (rank 0 writes the store and the checkpoints) but reading the run's
+    checkpoint when resuming."""
+    run_id = share_run_id(None)
+    return train(cfg, checkpoint_dir=checkpoint_dir(store_path, run_id), resume=resume)[0]
+
+
 def execute(
     cfg: RunConfig,
     store: Store | None = None,
@@ -370,6 +389,7 @@ def execute(
         run_id = open_run(store, cfg, study)
     else:
         store.start_run(run_id)
+    share_run_id(run_id)
     try:
         outcome, _ = train(
             cfg,

@@ -13,6 +13,7 @@ from reglab.core import ConfigError, MissingContextError, Penalty, StepContext
 from reglab.core.validation import check_float, check_int
 from reglab.optim import requires_closure
 from reglab.train.device import Precision
+from reglab.train.distributed import average_, average_gradients
 
 
 def unpack_batch(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -87,6 +88,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
+    data_parallel: bool = False,
 ) -> dict[str, float]:
     """Take one optimizer step on ``batch`` and return what happened.
 
@@ -131,6 +133,12 @@ def train_step(
     with BatchNorm normalizes each micro-batch by its own statistics, as in
     any accumulation loop). The record's numbers are the micro-batch means.
 
+    Data parallelism: with ``data_parallel`` (inside a ``torch.distributed``
+    process group, each rank holding its share of the global batch) the
+    gradients are averaged over the ranks after every evaluation's backward,
+    before clipping and before the optimizer reads them, and the record's
+    numbers are the means over the ranks (:mod:`reglab.train.distributed`).
+
     Args:
         model: the model, in train mode.
         batch: ``(x, y)`` or ``(x, y, indices)``.
@@ -141,6 +149,7 @@ def train_step(
         step: the step number put in the context.
         clip_grad_norm: clip the total gradient norm to this (> 0), or None.
         accumulate: micro-batches per step (>= 1); the batch size must be a multiple of it.
+        data_parallel: average gradients and the record over the ranks of the default process group.
 
     Returns:
         ``{"loss": data loss, "objective": loss + penalties, "penalty/<name>": each
@@ -224,6 +233,8 @@ def train_step(
             loss = part_loss.detach() / accumulate + (0 if loss is None else loss)
             objective = part_objective.detach() / accumulate + (0 if objective is None else objective)
             terms = {k: v.detach() / accumulate + terms.get(k, 0) for k, v in part_terms.items()}
+        if data_parallel:
+            average_gradients(params)
         norm = _grad_norm_tensor(params) if not record or clip_grad_norm is not None else None
         if not record:
             unscaled = norm / scaler.get_scale() if norm is not None and scaler is not None else norm
@@ -235,7 +246,10 @@ def train_step(
             device, dtype = values[0].device, values[0].dtype
             if any(v.device != device or v.dtype != dtype for v in values):  # e.g. a float64 penalty
                 values = [v.to(device=device, dtype=torch.float64) for v in values]
-            numbers = torch.stack(values).tolist()
+            stacked = torch.stack(values)
+            if data_parallel:  # the loss and penalties of each rank's share -> of the global batch
+                average_([stacked])
+            numbers = stacked.tolist()
             record["loss"], record["objective"] = numbers[0], numbers[1]
             record.update({f"penalty/{k}": numbers[2 + i] for i, k in enumerate(terms)})
             record["grad_norm"] = numbers[-1] if unscaled is not None else 0.0

@@ -19,6 +19,7 @@ from reglab.losses import MSE
 from reglab.tasks import IndexedDataset, Task, as_tensors
 from reglab.train.checkpoint import CheckpointError, Checkpoints, rng_state, set_rng_state
 from reglab.train.device import Precision, move_batch, resolve_device
+from reglab.train.distributed import PerExampleState, shard, world
 from reglab.train.step import train_step
 
 #: The regression evaluation loss: per-example 0.5 * ||f(x) - y||^2.
@@ -261,6 +262,17 @@ class Trainer:
         self._stop_reason: str | None = None
         self._final: dict[str, float] = {}
         self._resumed = False
+        self.rank, self.world = world()
+        if self.world > 1:
+            n = len(task.train)  # type: ignore[arg-type]
+            global_batch = n if batch_size == "full" else min(batch_size * accumulate, n)
+            if global_batch % (self.world * accumulate):
+                raise ConfigError(
+                    f"a global batch of {global_batch} examples ({accumulate} micro-batch(es)) cannot be split "
+                    f"evenly over {self.world} processes; use a batch size that is a multiple of the process count "
+                    "(--nproc)"
+                )
+            self._per_example = PerExampleState((loss, penalty, augment), n)
         for obj in (model, loss, penalty, augment):
             _to_device(obj, self.device)
         _optimizer_to(optimizer)
@@ -352,7 +364,9 @@ class Trainer:
         if order is None:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_args)
         else:  # one loader for the whole run: its workers' random streams continue from epoch to epoch
-            batches = (b.tolist() for b in epoch_batches(len(dataset), batch_size, order, start))
+            batches = (
+                shard(b, self.rank, self.world).tolist() for b in epoch_batches(len(dataset), batch_size, order, start)
+            )
             loader = DataLoader(dataset, batch_sampler=batches, **loader_args)  # type: ignore[arg-type]
         return (move_batch(tuple(batch), self.device, self._dtype) for batch in loader)
 
@@ -436,9 +450,10 @@ class Trainer:
         x, y, idx = self._train  # idx is arange(n), so a batch's indices are b itself
         on_cpu = x.device.type == "cpu"
         for b in epoch_batches(n, size, generator, self.step):
-            if size == n:
+            if size == n and self.world == 1:
                 yield x, y, idx
             else:
+                b = shard(b, self.rank, self.world)
                 b = b if on_cpu else b.to(x.device)
                 yield x[b], y[b], b
 
@@ -498,6 +513,8 @@ class Trainer:
         self._resumed = True
 
     def _checkpoint(self) -> None:
+        if self.rank != 0:  # one writer: every rank holds the same state
+            return
         if self.checkpoint_every is not None and (self.step % self.checkpoint_every == 0 or self.step == self.steps):
             self.checkpoints.save(self.state_dict(), self.step)
 
@@ -521,6 +538,8 @@ class Trainer:
         final = self._final
         status, diverged_at = "done", None
         while self.step < self.steps:
+            if self.world > 1:
+                self._per_example.before()
             record = train_step(
                 self.model,
                 next(batches),
@@ -533,7 +552,10 @@ class Trainer:
                 scaler=self.scaler,
                 clip_grad_norm=self.clip_grad_norm,
                 accumulate=self.accumulate,
+                data_parallel=self.world > 1,
             )
+            if self.world > 1:
+                self._per_example.after()
             self.step += 1
             if self.scheduler is not None:
                 self.scheduler.step()
