@@ -167,6 +167,22 @@ class Trainer:
     the forward passes (training and evaluation) under ``torch.autocast``;
     ``"fp16"`` adds a ``torch.amp.GradScaler`` (see :func:`train_step`).
 
+    Long runs. ``clip_grad_norm`` and ``accumulate`` are :func:`train_step`'s;
+    a step reads ``batch_size * accumulate`` examples. With
+    ``checkpoint_every`` the trainer writes :meth:`state_dict` into
+    ``checkpoints`` every that many steps and at the last step; after
+    :meth:`load_state_dict` of such a checkpoint, :meth:`fit` continues from
+    its step, bitwise as the uninterrupted run would have (on a CPU; a
+    streamed task read by ``num_workers > 0`` processes restarts its workers'
+    random streams).
+
+    Several processes. Inside a ``torch.distributed`` process group each rank
+    trains its contiguous share of every global batch and gradients are
+    averaged after every backward (:mod:`reglab.train.distributed`), so the
+    run equals one process on the global batch; the global batch must split
+    evenly over the ranks. Only rank 0 writes checkpoints (the sink is the
+    caller's: ``reglab run --nproc`` gives one to rank 0 only).
+
     Example:
         >>> task = reglab.tasks.get("digits")
         >>> model = task.make_model()
