@@ -3,11 +3,12 @@ global batch.
 
 Every rank holds the whole model, draws the same global batch (the same seed, :func:`epoch_batches`) and trains
 on its contiguous share of it (:func:`shard`); after every backward the gradients are averaged over the ranks
-(:func:`average_gradients`), so each rank's optimizer sees the gradient of the global batch and every rank takes
-the same step. This is what ``DistributedDataParallel`` does, done inside :func:`~reglab.train.train_step`'s
-closure instead of in backward hooks, so that it holds for every evaluation of a closure-based optimizer (the SAM
-family perturbs along the global gradient and updates with the global gradient at the perturbed point, as the
-one-process run does) and for models whose ``features``/``head`` a penalty calls directly.
+(:func:`average_`, the step's logged numbers in the same collective), so each rank's optimizer sees the gradient of
+the global batch and every rank takes the same step. This is what ``DistributedDataParallel`` does, done inside
+:func:`~reglab.train.train_step`'s closure instead of in backward hooks, so that it holds for every evaluation of a
+closure-based optimizer (the SAM family perturbs along the global gradient and updates with the global gradient at
+the perturbed point, as the one-process run does) and for models whose ``features``/``head`` a penalty calls
+directly.
 
 Per-example state (a loss's or penalty's buffer whose first dimension is the number of training examples, such
 as ELR's targets) is updated by each rank for its own examples only; :class:`PerExampleState` adds every rank's
@@ -55,12 +56,6 @@ def average_(tensors: Sequence[Tensor]) -> None:
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
-
-
-def average_gradients(parameters: Iterable[Tensor]) -> None:
-    """Average every existing gradient over the ranks; every rank must have gradients for the same parameters
-    (the same model and objective do)."""
-    average_([p.grad for p in parameters if p.grad is not None])
 
 
 class PerExampleState:

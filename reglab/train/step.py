@@ -13,7 +13,7 @@ from reglab.core import ConfigError, MissingContextError, Penalty, StepContext
 from reglab.core.validation import check_float, check_int
 from reglab.optim import requires_closure
 from reglab.train.device import Precision
-from reglab.train.distributed import average_, average_gradients
+from reglab.train.distributed import average_
 
 
 def unpack_batch(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -233,23 +233,19 @@ def train_step(
             loss = part_loss.detach() / accumulate + (0 if loss is None else loss)
             objective = part_objective.detach() / accumulate + (0 if objective is None else objective)
             terms = {k: v.detach() / accumulate + terms.get(k, 0) for k, v in part_terms.items()}
-        if data_parallel:
-            average_gradients(params)
+        # the record's numbers of the first evaluation: the loss and penalties (of this rank's share)
+        shares = [v.detach().reshape(()).clone() for v in (loss, objective, *terms.values())] if not record else []
+        if data_parallel:  # one collective: the gradients, and the shares' numbers -> the global batch's
+            average_([p.grad for p in params if p.grad is not None] + shares)
         norm = _grad_norm_tensor(params) if not record or clip_grad_norm is not None else None
         if not record:
             unscaled = norm / scaler.get_scale() if norm is not None and scaler is not None else norm
             # one host transfer for every number of the record
-            values = [loss.detach(), objective.detach(), *(v.detach() for v in terms.values())]
-            if unscaled is not None:
-                values.append(unscaled)
-            values = [v.reshape(()) for v in values]  # a loss or penalty may return a 1-element vector
+            values = shares + ([unscaled.reshape(())] if unscaled is not None else [])
             device, dtype = values[0].device, values[0].dtype
             if any(v.device != device or v.dtype != dtype for v in values):  # e.g. a float64 penalty
                 values = [v.to(device=device, dtype=torch.float64) for v in values]
-            stacked = torch.stack(values)
-            if data_parallel:  # the loss and penalties of each rank's share -> of the global batch
-                average_([stacked])
-            numbers = stacked.tolist()
+            numbers = torch.stack(values).tolist()
             record["loss"], record["objective"] = numbers[0], numbers[1]
             record.update({f"penalty/{k}": numbers[2 + i] for i, k in enumerate(terms)})
             record["grad_norm"] = numbers[-1] if unscaled is not None else 0.0
