@@ -7,7 +7,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_store, curvature, losses, optimizers, penalties, sweeps, trainer_throughput  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_store,
+    curvature,
+    long_runs,
+    losses,
+    optimizers,
+    penalties,
+    sweeps,
+    trainer_throughput,
+    tune_vs_grid,
+)
 
 if __name__ == "__main__":
     trainer_throughput.main([])
@@ -17,3 +27,5 @@ if __name__ == "__main__":
     curvature.main([])
     optimizers.main([])
     sweeps.main([])
+    long_runs.main([])
+    tune_vs_grid.main([])
